@@ -1,0 +1,141 @@
+"""Command line: ``bench run | compare | report | list``. User mistakes print one line, exit 2."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from bench.errors import BenchError
+from bench.progress import console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="gvpo-bench: compare LLM post-training algorithms with one training loop.")
+
+TrackingUri = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow URI (default: $MLFLOW_TRACKING_URI or sqlite under results/)")]
+
+
+def user_errors(fn):
+    """Turn BenchError into one line on stderr and exit code 2 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except BenchError as e:
+            console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _split(args: list[str] | None, default_preset: str | None) -> tuple[str | None, list[str]]:
+    args = list(args or [])
+    if args and "=" not in args[0]:
+        return args[0], args[1:]
+    return default_preset, args
+
+
+@app.command()
+@user_errors
+def run(
+    args: Annotated[list[str] | None, typer.Argument(help="PRESET then key=value overrides")] = None,
+    tracking_uri: TrackingUri = None,
+):
+    """Train one run: bench run PRESET [key=value ...]."""
+    from bench.config import load_config
+    from bench.loop import train
+
+    preset, overrides = _split(args, "arithmetic")
+    cfg = load_config(preset, overrides)
+    final = train(cfg, tracking_uri=tracking_uri)
+    shown = {k: v for k, v in final.items() if k.startswith("eval/")}
+    for k, v in shown.items():
+        console.print(f"{k} = {v:.4f}")
+    console.print(f"run {cfg.name} ({final['run_id']}) in experiment '{cfg.tracking.experiment}'")
+
+
+@app.command()
+@user_errors
+def compare(
+    args: Annotated[list[str] | None, typer.Argument(help="[PRESET] then key=value overrides")] = None,
+    algorithms: Annotated[str | None, typer.Option(help="comma-separated, default: the preset's compare.algorithms")] = None,
+    seeds: Annotated[int | None, typer.Option(help="seeds 0..N-1 per algorithm")] = None,
+    workers: Annotated[int, typer.Option(help="parallel runs (local processes, 1 torch thread each)")] = 2,
+    tracking_uri: TrackingUri = None,
+):
+    """Every algorithm x seed on the preset's task, then the report: bench compare [PRESET]."""
+    from bench.compare import plan, run_all
+    from bench.config import load_config
+    from reports.report import build_report
+
+    preset, overrides = _split(args, "arithmetic")
+    if algorithms:
+        overrides.append(f"compare.algorithms={algorithms}")
+    if seeds is not None:
+        overrides.append(f"compare.seeds={seeds}")
+    cfg = load_config(preset, overrides)
+    cfgs = plan(cfg, cfg.compare.algorithms, cfg.compare.seeds, threads=1 if workers > 1 else 0)
+    outcomes = run_all(cfgs, workers, tracking_uri)
+    failed = [o for o in outcomes if o.error]
+    result = build_report(cfg.tracking.experiment, tracking_uri)
+    _print_summary(result["summary"])
+    console.print(f"report: {result['report']}")
+    if failed:
+        console.print(f"[red]{len(failed)} run(s) failed:[/red] {', '.join(o.name for o in failed)}")
+        raise typer.Exit(1)
+
+
+def _print_summary(summary) -> None:
+    table = Table(title="final eval (mean over seeds, 95% CI)")
+    for col in ("task", "algorithm", "metric", "n", "mean", "std", "95% CI", "base"):
+        table.add_column(col)
+    for r in summary[summary.metric.isin(["accuracy", "avg_at_k"])].itertuples():
+        table.add_row(r.task, r.algorithm, r.metric, str(r.n_seeds), f"{r.mean:.3f}", f"{r.std:.3f}",
+                      f"[{r.ci_low:.3f}, {r.ci_high:.3f}]", f"{r.base_value:.3f}")
+    console.print(table)
+
+
+@app.command()
+@user_errors
+def report(
+    experiment: Annotated[str, typer.Argument(help="MLflow experiment name")],
+    tracking_uri: TrackingUri = None,
+    out: Annotated[Path | None, typer.Option(help="output folder (default results/reports/EXPERIMENT)")] = None,
+):
+    """Tables, plots and report.md for an experiment, from MLflow alone."""
+    from reports.report import build_report
+
+    result = build_report(experiment, tracking_uri, out)
+    _print_summary(result["summary"])
+    console.print(f"report: {result['report']}")
+
+
+@app.command("list")
+@user_errors
+def list_():
+    """Registered algorithms, tasks and presets."""
+    from algorithms import ALGORITHMS
+    from bench.config import preset_names
+    from tasks import TASKS
+
+    for kind, names in (("algorithms", ALGORITHMS.names()), ("tasks", TASKS.names()), ("presets", preset_names())):
+        console.print(f"[bold]{kind}[/bold]: {', '.join(names)}")
+    for name in ALGORITHMS.names():
+        console.print(f"  {name}: {ALGORITHMS.get(name).source}", highlight=False)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

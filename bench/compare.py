@@ -1,0 +1,52 @@
+"""``bench compare``: every algorithm x seed on one task, same prompts and budget, then a report."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from bench.config import RunConfig
+from bench.executors import LocalExecutor
+from bench.progress import bar, console
+
+
+@dataclass
+class Outcome:
+    name: str
+    final: dict | None
+    error: str | None
+
+
+def plan(cfg: RunConfig, algorithms: list[str], seeds: int, threads: int) -> list[RunConfig]:
+    """One config per (algorithm, seed); only the algorithm, the seed and the name differ."""
+    train = dataclasses.replace(cfg.train, threads=threads) if threads else cfg.train
+    return [
+        dataclasses.replace(cfg, algorithm=a, seed=s, run_name="", train=train)
+        for a in algorithms
+        for s in range(seeds)
+    ]
+
+
+def _run_one(cfg: RunConfig, tracking_uri: str | None) -> dict:
+    from bench.loop import train
+
+    return train(cfg, tracking_uri=tracking_uri)
+
+
+def run_all(cfgs: list[RunConfig], workers: int, tracking_uri: str | None) -> list[Outcome]:
+    """Warm-start once in this process (cache), then run every config on the executor."""
+    from bench.models import load_policy
+    from tasks import TASKS
+
+    for key in sorted({(c.task, repr(c.model), repr(c.task_config())) for c in cfgs}):
+        c = next(c for c in cfgs if (c.task, repr(c.model), repr(c.task_config())) == key)
+        load_policy(c.model, TASKS.get(c.task)(c.task_config()))
+    outcomes: list[Outcome | None] = [None] * len(cfgs)
+    with bar() as progress:
+        job = progress.add_task("runs", total=len(cfgs), info="")
+        for i, final, err in LocalExecutor(workers).map(_run_one, [(c, tracking_uri) for c in cfgs]):
+            outcomes[i] = Outcome(cfgs[i].name, final, err)
+            if err:
+                console.print(f"[red]run {cfgs[i].name} failed:[/red] {err.splitlines()[0]}")
+            progress.update(job, advance=1, info=cfgs[i].name)
+    return [o for o in outcomes if o is not None]

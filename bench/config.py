@@ -1,0 +1,318 @@
+"""Typed run configuration: YAML preset + ``key=value`` overrides -> frozen dataclasses.
+
+The dataclasses below are the schema. Unknown keys, wrong types and unknown names fail with one
+line that names the key, the file and line (or the override) and the closest valid choice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from bench.errors import BenchError, did_you_mean
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name_or_path: str = "tiny"  # "tiny" = embedded default built offline; else HF id or local dir
+    hidden_size: int = 128  # tiny model: width
+    num_layers: int = 4  # tiny model: decoder layers
+    num_heads: int = 4  # tiny model: attention heads
+    intermediate_size: int = 512  # tiny model: MLP width
+    init_seed: int = 0  # seed of the tiny model's initialisation and warm start (not the run seed)
+    warmstart_steps: int = 1200  # supervised steps on the task's train data before RL (0 = none)
+    warmstart_lr: float = 3e-3  # AdamW learning rate of the warm start
+    warmstart_batch: int = 64  # examples per warm-start step
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    k: int = 4  # completions per prompt (group size)
+    max_new_tokens: int = 6  # completion budget; longer completions are cut (clip_ratio)
+    temperature: float = 1.0  # sampling temperature of rollouts
+    top_p: float = 1.0  # nucleus sampling of rollouts
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 40  # rollout batches (one optimiser update each unless epochs/minibatches > 1)
+    prompts_per_step: int = 16  # prompts per rollout batch (B = prompts_per_step * k)
+    lr: float = 2e-4  # AdamW learning rate, constant after warm-up
+    warmup_steps: int = 0  # linear learning-rate warm-up, in optimiser steps
+    weight_decay: float = 0.0  # AdamW weight decay
+    max_grad_norm: float = 1.0  # gradient clipping (norm logged before clipping)
+    epochs: int = 1  # passes over each rollout batch
+    minibatches: int = 1  # optimiser steps per pass; minibatches hold whole groups
+    threads: int = 0  # torch threads (0 = leave torch's default)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    every: int = 10  # evaluate every N training steps (and at step 0 and the last step)
+    max_prompts: int = 400  # eval prompts used (first N of the task's eval split)
+    k: int = 4  # sampled completions per prompt for avg@k / maj@k / pass@k
+    temperature: float = 1.0  # temperature of the sampled eval (greedy accuracy uses none)
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    uri: str = ""  # MLflow tracking URI; "" = $MLFLOW_TRACKING_URI or sqlite under results/
+    experiment: str = "default"  # MLflow experiment name
+    log_samples: int = 32  # completions per logged step kept in samples.jsonl (0 = none)
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    algorithms: list[str] = field(default_factory=lambda: ["gvpo", "grpo", "dr_grpo"])
+    seeds: int = 3  # seeds 0..N-1 per algorithm
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    algorithm: str = "gvpo"  # registry key of algorithms/<name>.py
+    task: str = "arithmetic"  # registry key of tasks/<name>.py
+    seed: int = 0  # run seed: prompt order, sampling, dropout
+    run_name: str = ""  # "" = task__algorithm__seed
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
+    algorithms: dict[str, dict] = field(default_factory=dict)  # per-algorithm hyperparameters
+    tasks: dict[str, dict] = field(default_factory=dict)  # per-task settings
+
+    @property
+    def name(self) -> str:
+        return self.run_name or f"{self.task}__{self.algorithm}__{self.seed}"
+
+    def algo_config(self) -> Any:
+        from algorithms import ALGORITHMS
+
+        return ALGORITHMS.get(self.algorithm).config(**self.algorithms.get(self.algorithm, {}))
+
+    def task_config(self) -> Any:
+        from tasks import TASKS
+
+        return TASKS.get(self.task).Config(**self.tasks.get(self.task, {}))
+
+    def with_overrides(self, **changes: Any) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+
+# ---------------------------------------------------------------- loading with line numbers
+
+
+class _Source:
+    """Where each key came from, for error messages: file:line or the override text."""
+
+    def __init__(self) -> None:
+        self.where: dict[tuple[str, ...], str] = {}
+
+    def of(self, path: tuple[str, ...]) -> str:
+        for n in range(len(path), 0, -1):
+            if path[:n] in self.where:
+                return self.where[path[:n]]
+        return "defaults"
+
+
+def _read_yaml(path: Path, src: _Source) -> dict:
+    try:
+        text = path.read_text()
+        node = yaml.compose(text)
+    except OSError as e:
+        raise BenchError(f"cannot read preset file {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise BenchError(f"{path}{line}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    if node is None:
+        return {}
+    if not isinstance(node, yaml.MappingNode):
+        raise BenchError(f"{path}:1: a preset must be a mapping of keys to values")
+
+    def walk(n: yaml.Node, prefix: tuple[str, ...]) -> None:
+        if isinstance(n, yaml.MappingNode):
+            for k, v in n.value:
+                p = (*prefix, str(k.value))
+                src.where[p] = f"{path}:{k.start_mark.line + 1}"
+                walk(v, p)
+
+    walk(node, ())
+    return yaml.safe_load(text) or {}
+
+
+def resolve_preset(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.exists():
+            raise BenchError(f"preset file {p} does not exist")
+        return p
+    candidate = PRESETS_DIR / f"{name_or_path}.yaml"
+    if not candidate.exists():
+        raise BenchError(f"unknown preset '{name_or_path}'" + did_you_mean(name_or_path, preset_names()))
+    return candidate
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _load_preset(path: Path, src: _Source, depth: int = 0) -> dict:
+    data = _read_yaml(path, src)
+    parent = data.pop("inherit", None)
+    if parent is not None:
+        if depth > 8:
+            raise BenchError(f"{path}: 'inherit' chain is too deep (a cycle?)")
+        data = _merge(_load_preset(resolve_preset(str(parent)), src, depth + 1), data)
+    return data
+
+
+def _apply_override(data: dict, text: str, src: _Source) -> None:
+    if "=" not in text:
+        raise BenchError(f"override '{text}' must look like key=value (e.g. train.lr=1e-4)")
+    key, raw = text.split("=", 1)
+    path = tuple(key.strip().split("."))
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    node = data
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise BenchError(f"override '{text}': '{part}' is not a section")
+    node[path[-1]] = value
+    src.where[path] = f"override '{text}'"
+
+
+# ---------------------------------------------------------------- validation into dataclasses
+
+
+def _coerce(value: Any, tp: Any, path: tuple[str, ...], src: _Source) -> Any:
+    key = ".".join(path)
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise BenchError(f"{src.of(path)}: '{key}' must be a section (mapping)")
+        return build_dataclass(tp, value, path, src)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise BenchError(
+                f"{src.of(path)}: '{key}' got {value!r}" + did_you_mean(str(value), [str(c) for c in choices])
+            )
+        return value
+    if origin is list:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list):
+            raise BenchError(f"{src.of(path)}: '{key}' must be a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(v, item_tp, (*path, str(i)), src) for i, v in enumerate(items)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise BenchError(f"{src.of(path)}: '{key}' must be a mapping")
+        return {str(k): v for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise BenchError(f"{src.of(path)}: '{key}' must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise BenchError(f"{src.of(path)}: '{key}' must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise BenchError(f"{src.of(path)}: '{key}' must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        return str(value)
+    return value
+
+
+def build_dataclass(cls: type, data: dict, path: tuple[str, ...] = (), src: _Source | None = None):
+    """cls(**data) with every key checked and every value coerced to its declared type."""
+    src = src or _Source()
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for k, v in data.items():
+        p = (*path, str(k))
+        if k not in names:
+            section = f" in '{'.'.join(path)}'" if path else ""
+            raise BenchError(f"{src.of(p)}: unknown config key '{'.'.join(p)}'{section}" + did_you_mean(str(k), names))
+        kwargs[k] = _coerce(v, hints[k], p, src)
+    return cls(**kwargs)
+
+
+def _check_registered(cfg: RunConfig, src: _Source) -> None:
+    from algorithms import ALGORITHMS
+    from tasks import TASKS
+
+    for key, reg in (("algorithm", ALGORITHMS), ("task", TASKS)):
+        name = getattr(cfg, key)
+        if name not in reg:
+            raise BenchError(f"{src.of((key,))}: unknown {key} '{name}'" + did_you_mean(name, reg.names()))
+    for name in cfg.compare.algorithms:
+        if name not in ALGORITHMS:
+            raise BenchError(
+                f"{src.of(('compare', 'algorithms'))}: unknown algorithm '{name}'" + did_you_mean(name, ALGORITHMS.names())
+            )
+    for section, reg, attr in (("algorithms", ALGORITHMS, "config"), ("tasks", TASKS, "Config")):
+        for name, values in getattr(cfg, section).items():
+            if name not in reg:
+                raise BenchError(f"{src.of((section, name))}: unknown {reg.kind} '{name}'" + did_you_mean(name, reg.names()))
+            if not isinstance(values, dict):
+                raise BenchError(f"{src.of((section, name))}: '{section}.{name}' must be a mapping")
+            build_dataclass(getattr(reg.get(name), attr), values, (section, name), src)
+
+
+def load_config(preset: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Preset name or YAML path, then ``key=value`` overrides, validated into a RunConfig."""
+    src = _Source()
+    data = _load_preset(resolve_preset(preset), src) if preset else {}
+    for text in overrides:
+        _apply_override(data, text, src)
+    cfg = build_dataclass(RunConfig, data, (), src)
+    _check_registered(cfg, src)
+    return cfg
+
+
+def flatten(cfg: RunConfig) -> dict[str, Any]:
+    """Flat params for MLflow: the selected algorithm's and task's settings, not the others'."""
+    out: dict[str, Any] = {"algorithm": cfg.algorithm, "task": cfg.task, "seed": cfg.seed}
+    for section in ("model", "sampling", "train", "eval"):
+        for k, v in dataclasses.asdict(getattr(cfg, section)).items():
+            out[f"{section}.{k}"] = v
+    for k, v in dataclasses.asdict(cfg.algo_config()).items():
+        out[f"algorithm.{k}"] = v
+    for k, v in dataclasses.asdict(cfg.task_config()).items():
+        out[f"task.{k}"] = v
+    return out
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    """The resolved config (selected algorithm and task settings filled in) as YAML."""
+    data = dataclasses.asdict(cfg)
+    data["algorithms"] = {cfg.algorithm: dataclasses.asdict(cfg.algo_config())}
+    data["tasks"] = {cfg.task: dataclasses.asdict(cfg.task_config())}
+    return yaml.safe_dump(data, sort_keys=False)

@@ -1,0 +1,169 @@
+"""Models: the embedded tiny default (built offline) and any HF checkpoint, through one loader.
+
+The tiny default is a Qwen2ForCausalLM built from a config, with a byte-level tokenizer trained
+offline (no merges: one token per byte, so digits stay separate), warm-started by a short
+supervised phase on the task's own train data so that RL starts with headroom and signal. It is
+cached under results/cache/models/<hash of everything that determines it>.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import random
+import shutil
+from pathlib import Path
+
+import torch
+import transformers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+from bench.config import ModelConfig
+from bench.errors import BenchError
+from bench.paths import cache_dir
+from bench.progress import bar
+
+transformers.utils.logging.disable_progress_bar()  # our own bars; HF's shard bars are noise
+SPECIAL = ["<pad>", "<eos>"]
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """Byte-level BPE with no merges: 256 byte tokens + <pad> + <eos>; round-trips any text."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=256 + len(SPECIAL),
+        special_tokens=SPECIAL,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(["0123456789+-*= "], trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
+    fast.padding_side = "left"
+    return fast
+
+
+def build_tiny_model(cfg: ModelConfig, tokenizer) -> Qwen2ForCausalLM:
+    torch.manual_seed(cfg.init_seed)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads,
+        intermediate_size=cfg.intermediate_size,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+    )
+    return Qwen2ForCausalLM(config)
+
+
+def _cache_key(cfg: ModelConfig, task) -> str:
+    blob = {
+        "model": dataclasses.asdict(cfg),
+        "task": [task.name, task.version, dataclasses.asdict(task.cfg)],
+        "code": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
+        "versions": [torch.__version__, transformers.__version__],
+    }
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _load_pretrained(name: str):
+    try:
+        tok = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BenchError(f"cannot load model.name_or_path='{name}': {first}") from None
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return model, tok
+
+
+def sft_batch(tokenizer, examples: list[tuple[str, str]]):
+    """Right-padded (input_ids, attention_mask, labels) with loss on the completion + EOS only."""
+    ids, labels = [], []
+    for prompt, target in examples:
+        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        t = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        ids.append(p + t)
+        labels.append([-100] * len(p) + t)
+    width = max(map(len, ids))
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids])
+    attention = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids])
+    label_t = torch.tensor([y + [-100] * (width - len(y)) for y in labels])
+    return input_ids, attention, label_t
+
+
+def warm_start(model, tokenizer, task, cfg: ModelConfig) -> list[float]:
+    """Supervised fine-tuning on the task's (prompt, answer) pairs; returns the loss curve."""
+    examples = task.sft_examples()
+    rng = random.Random(cfg.init_seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.warmstart_lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20))
+    model.train()
+    losses = []
+    with bar() as progress:
+        job = progress.add_task("warm start", total=cfg.warmstart_steps, info="")
+        for _ in range(cfg.warmstart_steps):
+            input_ids, attention, labels = sft_batch(tokenizer, rng.sample(examples, cfg.warmstart_batch))
+            loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+            progress.update(job, advance=1, info=f"loss {loss.item():.3f}")
+    model.eval()
+    return losses
+
+
+def load_policy(cfg: ModelConfig, task):
+    """(model, tokenizer, info): the warm-started policy, from the cache when it is there."""
+    if cfg.warmstart_steps <= 0:
+        if cfg.name_or_path == "tiny":
+            tok = build_tokenizer()
+            model = build_tiny_model(cfg, tok)
+        else:
+            model, tok = _load_pretrained(cfg.name_or_path)
+        return model.eval(), tok, {"cache": "", "cached": False}
+    key = _cache_key(cfg, task)
+    path = cache_dir() / "models" / key
+    if (path / "done.json").exists():
+        tok = AutoTokenizer.from_pretrained(path)
+        tok.padding_side = "left"
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        return model.eval(), tok, {"cache": str(path), "cached": True}
+    if cfg.name_or_path == "tiny":
+        tok = build_tokenizer()
+        model = build_tiny_model(cfg, tok)
+    else:
+        model, tok = _load_pretrained(cfg.name_or_path)
+    losses = warm_start(model, tok, task, cfg)
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / "done.json").write_text(json.dumps({"final_loss": losses[-1], "task": task.name}))
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+    return model.eval(), tok, {"cache": str(path), "cached": False}
+
+
+def n_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())

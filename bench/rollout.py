@@ -1,0 +1,106 @@
+"""Rollout layer: sample k completions per prompt, and recompute per-token log-probs.
+
+``Sampler`` is the interface a vLLM backend can implement; ``HFSampler`` uses HF generate with
+the KV cache. Log-probs used for training (old / reference) are always recomputed with the
+training-side model by ``token_logps``, never taken from the sampler.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Generation:
+    prompt_ids: Tensor  # [N, P] left-padded prompts (N = prompts * k, each prompt repeated k times)
+    prompt_mask: Tensor  # [N, P]
+    completion_ids: Tensor  # [N, T] right-padded to T = max_new_tokens
+    completion_mask: Tensor  # [N, T] 1 up to and including the first EOS
+    texts: list[str]  # decoded completions, special tokens removed
+    truncated: Tensor  # [N] bool: no EOS within the budget
+
+    @property
+    def input_ids(self) -> Tensor:  # [N, P+T]
+        return torch.cat([self.prompt_ids, self.completion_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> Tensor:  # [N, P+T]
+        return torch.cat([self.prompt_mask, self.completion_mask], dim=1)
+
+
+class Sampler(Protocol):
+    def generate(
+        self, model, tokenizer, prompts: list[str], k: int, max_new_tokens: int,
+        temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False,
+    ) -> Generation: ...
+
+
+def completion_mask(ids: Tensor, eos_id: int) -> tuple[Tensor, Tensor]:
+    """Mask [N, T] of tokens up to and including the first EOS, and truncated [N] (no EOS)."""
+    is_eos = ids == eos_id
+    seen_before = (is_eos.cumsum(dim=1) - is_eos.long()) > 0  # an EOS strictly earlier
+    return (~seen_before).long(), ~is_eos.any(dim=1)
+
+
+class HFSampler:
+    """Batched sampling with ``model.generate`` (KV cache, temperature, top_p, stop at EOS)."""
+
+    def __init__(self, batch_size: int = 512):
+        self.batch_size = batch_size  # prompts*k rows per generate call
+
+    @torch.no_grad()
+    def generate(self, model, tokenizer, prompts, k, max_new_tokens, temperature=1.0, top_p=1.0, greedy=False):
+        enc = tokenizer(prompts, padding=True, return_tensors="pt", add_special_tokens=False)
+        prompt_ids = enc["input_ids"].repeat_interleave(k, dim=0)
+        prompt_mask = enc["attention_mask"].repeat_interleave(k, dim=0)
+        pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+        chunks = []
+        for s in range(0, prompt_ids.shape[0], self.batch_size):
+            out = model.generate(
+                input_ids=prompt_ids[s : s + self.batch_size],
+                attention_mask=prompt_mask[s : s + self.batch_size],
+                do_sample=not greedy,
+                temperature=temperature if not greedy else None,
+                top_p=top_p if not greedy else None,
+                top_k=0 if not greedy else None,  # HF's default top_k=50 would change the policy
+                max_new_tokens=max_new_tokens,
+                pad_token_id=pad,
+                eos_token_id=eos,
+            )
+            gen = out[:, prompt_ids.shape[1] :]
+            gen = torch.nn.functional.pad(gen, (0, max_new_tokens - gen.shape[1]), value=pad)
+            chunks.append(gen)
+        completion_ids = torch.cat(chunks)
+        mask, truncated = completion_mask(completion_ids, eos)
+        completion_ids = completion_ids.masked_fill(mask == 0, pad)
+        texts = tokenizer.batch_decode(completion_ids * mask + pad * (1 - mask), skip_special_tokens=True)
+        return Generation(prompt_ids, prompt_mask, completion_ids, mask, texts, truncated)
+
+
+def token_logps(
+    model, input_ids: Tensor, attention_mask: Tensor, completion_len: int,
+    temperature: float = 1.0, entropy: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """Per-token log-probs [B, T] of the last T tokens given all before (and entropy [B, T]).
+
+    Position ids follow the attention mask, as in generate, so left padding does not shift them.
+    """
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        logits_to_keep=completion_len + 1,
+    ).logits[:, :-1]  # [B, T, V]: position t predicts completion token t
+    logp_all = (logits.float() / temperature).log_softmax(-1)
+    targets = input_ids[:, -completion_len:]
+    logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    ent = None
+    if entropy:
+        with torch.no_grad():
+            ent = -(logp_all.exp() * logp_all).sum(-1)
+    return logp, ent

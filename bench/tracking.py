@@ -1,0 +1,100 @@
+"""MLflow tracking. Default store: embedded SQLite under results/; MLFLOW_TRACKING_URI or
+``--tracking-uri`` (a server URL or another sqlite path) overrides it.
+
+Each run logs flattened params, tags (git sha, dirty flag, package versions, task version),
+step metrics (batched), and artifacts (resolved config YAML, a JSONL sample of completions).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from bench.paths import results_dir
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def default_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{results_dir() / 'mlflow.db'}"
+
+
+def resolve_uri(uri: str | None) -> str:
+    return uri or default_uri()
+
+
+def git_info() -> dict[str, str]:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return {"git.sha": "unknown", "git.dirty": "unknown"}
+    return {"git.sha": sha or "unknown", "git.dirty": str(bool(dirty)).lower()}
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("gvpo-bench", "torch", "transformers", "trl", "mlflow"):
+        try:
+            out[f"version.{pkg}"] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_id(uri: str, name: str, create: bool = True) -> str | None:
+    c = client(uri)
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    if not create:
+        return None
+    location = None
+    if uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri:
+        location = (results_dir() / "mlartifacts" / name).as_uri()
+    return c.create_experiment(name, artifact_location=location)
+
+
+class Tracker:
+    """One MLflow run. Metrics go out every step, so a crash loses nothing already logged."""
+
+    def __init__(self, uri: str, experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str]):
+        from mlflow.entities import Param, RunTag
+
+        self.uri = uri
+        self.client = client(uri)
+        exp = experiment_id(uri, experiment)
+        all_tags = {**git_info(), **package_versions(), **tags}
+        self.run_id = self.client.create_run(exp, run_name=run_name, tags=all_tags).info.run_id
+        items = [Param(k, str(v)) for k, v in params.items()]
+        for s in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[s : s + 100])
+        self._RunTag = RunTag
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        items = [Metric(k, float(v), ts, step) for k, v in metrics.items()]
+        for s in range(0, len(items), 500):
+            self.client.log_batch(self.run_id, metrics=items[s : s + 500])
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.client.log_batch(self.run_id, tags=[self._RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_text(self, text: str, name: str) -> None:
+        self.client.log_text(self.run_id, text, name)
+
+    def end(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)

@@ -1,0 +1,28 @@
+"""Matplotlib figures from DataFrames (no MLflow access here)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def learning_curves(curve: pd.DataFrame, title: str, ylabel: str, base_value: float | None = None):
+    """Mean over seeds with a +-1 std band, one line per algorithm; baseline as a dashed line."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    for algo, c in curve.groupby("algorithm"):
+        c = c.sort_values("step")
+        n = int(c["n"].max())
+        (line,) = ax.plot(c["step"], c["mean"], marker="o", ms=3, label=f"{algo} (n={n})")
+        ax.fill_between(c["step"], c["mean"] - c["std"], c["mean"] + c["std"], color=line.get_color(), alpha=0.2)
+    if base_value is not None and base_value == base_value:
+        ax.axhline(base_value, color="grey", ls="--", lw=1, label="warm-start baseline")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,80 @@
+"""``bench report EXPERIMENT``: results/reports/<experiment>/{report.md, summary.csv, learning_curves.png}."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from bench.errors import BenchError
+from bench.paths import results_dir
+from bench.tracking import resolve_uri
+from reports.collect import history_frame, runs_frame
+from reports.plots import learning_curves
+from reports.summary import curves, latest_finished, summarize
+
+EVAL_METRICS = ["accuracy", "avg_at_k", "maj_at_k", "pass_at_k"]
+PERF_KEYS = ["perf/wall_s", "perf/tokens_generated", "perf/tokens_trained", "perf/peak_rss_mb"]
+
+
+def md_table(df: pd.DataFrame, floatfmt: str = "{:.3f}") -> str:
+    def fmt(v):
+        return floatfmt.format(v) if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def build_report(experiment: str, tracking_uri: str | None = None, out_dir: Path | None = None) -> dict:
+    """Collect finished runs of ``experiment`` and write the report files. Returns paths + summary."""
+    uri = resolve_uri(tracking_uri)
+    runs = runs_frame(experiment, uri)
+    if runs.empty or "params.algorithm" not in runs:
+        raise BenchError(f"experiment '{experiment}' has no runs to report")
+    runs = latest_finished(runs)
+    if runs.empty:
+        raise BenchError(f"experiment '{experiment}' has no finished runs to report")
+    tasks = sorted(runs["params.task"].unique())
+    keys = [f"eval/{t}/{m}" for t in tasks for m in EVAL_METRICS] + PERF_KEYS
+    history = history_frame(list(runs["run_id"]), keys, uri)
+    summary = summarize(runs, history, EVAL_METRICS)
+    out = out_dir or results_dir() / "reports" / experiment
+    out.mkdir(parents=True, exist_ok=True)
+    summary.to_csv(out / "summary.csv", index=False)
+    plots = []
+    for task in tasks:
+        task_runs = runs[runs["params.task"] == task]
+        key = f"eval/{task}/accuracy"
+        base = summary[(summary.task == task) & (summary.metric == "accuracy")]["base_value"]
+        fig = learning_curves(curves(task_runs, history, key), f"{experiment}: {task}", "eval accuracy (greedy)",
+                              float(base.mean()) if len(base) else None)
+        name = "learning_curves.png" if len(tasks) == 1 else f"learning_curves_{task}.png"
+        fig.savefig(out / name)
+        plots.append(name)
+    perf = history[history["key"].isin(PERF_KEYS)].sort_values("step").groupby(["run_id", "key"])["value"].last().unstack()
+    perf = perf.join(runs.set_index("run_id")[["params.algorithm"]]).groupby("params.algorithm").mean()
+    perf = perf.reset_index().rename(columns={"params.algorithm": "algorithm"})
+    text = [
+        f"# Report: {experiment}",
+        "",
+        f"Tracking URI: `{uri}`  ",
+        f"Runs: {len(runs)} finished (newest per task x algorithm x seed), tasks: {', '.join(tasks)}",
+        "",
+        "## Final eval metrics (mean over seeds, 95% t-interval)",
+        "",
+        md_table(summary),
+        "",
+        "`base_value` is the step-0 value: the warm-start model before any RL update.",
+        "",
+        "## Learning curves",
+        "",
+        *[f"![{p}]({p})" for p in plots],
+        "",
+        "## Compute per run (mean over seeds)",
+        "",
+        md_table(perf, "{:.1f}") if not perf.empty else "(no perf metrics)",
+        "",
+    ]
+    (out / "report.md").write_text("\n".join(text))
+    return {"dir": out, "summary": summary, "report": out / "report.md", "plots": [out / p for p in plots]}

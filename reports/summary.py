@@ -1,0 +1,64 @@
+"""Summary tables over seeds: mean, std and a 95% t-interval per algorithm x task x metric."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+SUMMARY_COLUMNS = ["algorithm", "task", "n_seeds", "metric", "mean", "std", "ci_low", "ci_high", "base_value"]
+
+
+def latest_finished(runs: pd.DataFrame) -> pd.DataFrame:
+    """Finished runs, keeping the newest per (task, algorithm, seed): re-runs replace old ones."""
+    done = runs[runs["status"] == "FINISHED"]
+    return done.sort_values("start_time").drop_duplicates(["params.task", "params.algorithm", "params.seed"], keep="last")
+
+
+def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float, float]:
+    """(mean, std, ci_low, ci_high) with a Student-t interval; NaN interval for one value."""
+    n = len(values)
+    mean = float(np.mean(values))
+    if n < 2:
+        return mean, float("nan"), float("nan"), float("nan")
+    std = float(np.std(values, ddof=1))
+    half = stats.t.ppf(0.5 + level / 2, n - 1) * std / math.sqrt(n)
+    return mean, std, mean - half, mean + half
+
+
+def final_values(history: pd.DataFrame, key: str) -> pd.Series:
+    """Value at the last logged step of ``key``, per run_id."""
+    h = history[history["key"] == key].sort_values("step")
+    return h.groupby("run_id")["value"].last()
+
+
+def base_values(history: pd.DataFrame, key: str) -> pd.Series:
+    """Value at step 0 (before any update: the warm-start baseline), per run_id."""
+    h = history[(history["key"] == key) & (history["step"] == 0)]
+    return h.groupby("run_id")["value"].first()
+
+
+def summarize(runs: pd.DataFrame, history: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """One row per algorithm x task x metric. ``metrics`` are short names (eval/<task>/<name>)."""
+    rows = []
+    for (task, algo), group in runs.groupby(["params.task", "params.algorithm"]):
+        ids = group["run_id"]
+        for metric in metrics:
+            key = f"eval/{task}/{metric}"
+            final = final_values(history, key).reindex(ids).dropna().to_numpy()
+            if len(final) == 0:
+                continue
+            base = base_values(history, key).reindex(ids).dropna()
+            mean, std, lo, hi = mean_ci(final)
+            rows.append([algo, task, len(final), metric, mean, std, lo, hi, float(base.mean()) if len(base) else float("nan")])
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+def curves(runs: pd.DataFrame, history: pd.DataFrame, key: str) -> pd.DataFrame:
+    """Mean and std over seeds at each step: columns algorithm, step, mean, std, n."""
+    h = history[history["key"] == key].merge(runs[["run_id", "params.algorithm"]], on="run_id")
+    g = h.groupby(["params.algorithm", "step"])["value"]
+    out = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1).fillna(0.0), "n": g.count()}).reset_index()
+    return out.rename(columns={"params.algorithm": "algorithm"})

@@ -1,0 +1,63 @@
+"""Task registry. One file per task in this package; files starting with '_' are helpers.
+
+A task declares its data (train/eval rows: dicts with a "prompt" and any other columns), a
+reward function in TRL's form ``(prompts, completions, **columns) -> list[float | None]``,
+what counts as a correct answer for evaluation, and supervised examples for the warm start.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from bench.registry import Registry
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """Base for each task's Config dataclass."""
+
+
+class Task:
+    name: ClassVar[str]  # registry key == file name
+    version: ClassVar[str]  # bump when data, template or scoring change (logged as a tag)
+    Config: ClassVar[type] = TaskConfig
+
+    def __init__(self, cfg: Any):
+        self.cfg = cfg
+
+    def train_rows(self) -> list[dict]:
+        raise NotImplementedError
+
+    def eval_rows(self) -> list[dict]:
+        raise NotImplementedError
+
+    def is_correct(self, completion: str, row: dict) -> bool | None:
+        """Whether a completion answers the row correctly; None = could not be scored."""
+        raise NotImplementedError
+
+    def reward(self, prompts: list[str], completions: list[str], **columns) -> list[float | None]:
+        """Default reward: 1.0 if correct, 0.0 if wrong, None if unscorable."""
+        rows = [{k: v[i] for k, v in columns.items()} for i in range(len(prompts))]
+        out = []
+        for c, row in zip(completions, rows, strict=True):
+            ok = self.is_correct(c, row)
+            out.append(None if ok is None else float(ok))
+        return out
+
+    def sft_examples(self) -> list[tuple[str, str]]:
+        """(prompt, target completion) pairs for the supervised warm start."""
+        raise NotImplementedError
+
+
+TASKS: Registry[type[Task]] = Registry("task", "tasks")
+
+
+def register(cls: type[Task]) -> type[Task]:
+    """Class decorator; the task's name must be the name of its file."""
+    module = sys.modules[cls.__module__].__name__
+    if module.startswith("tasks.") and module.split(".")[-1] != cls.name:
+        raise ValueError(f"task '{cls.name}' must be registered from tasks/{cls.name}.py")
+    TASKS.register(cls.name, cls)
+    return cls
