@@ -35,6 +35,7 @@ class Algorithm:
     config: type  # frozen dataclass of hyperparameters, defaults from the paper
     loss: LossFn
     needs: Needs = field(default_factory=Needs)
+    group_relative: bool = True  # loss unchanged by adding a constant to a group's rewards
     source: str = ""  # where the defaults come from (paper / reference code)
 
 
@@ -45,5 +46,7 @@ def register(algo: Algorithm) -> Algorithm:
     """Register ``algo``; its name must be the name of the file that registers it."""
     caller = sys._getframe(1).f_globals.get("__name__", "")
     if caller.startswith("algorithms.") and caller.split(".")[-1] != algo.name:
-        raise ValueError(f"algorithm '{algo.name}' must be registered from algorithms/{algo.name}.py")
+        raise ValueError(
+            f"algorithm '{algo.name}' must be registered from algorithms/{algo.name}.py"
+        )
     return ALGORITHMS.register(algo.name, algo)

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from algorithms import Algorithm, Needs, register
-from algorithms import grpo
+from algorithms import Algorithm, Needs, grpo, register
 
 
 @dataclass(frozen=True)

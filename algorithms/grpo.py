@@ -80,7 +80,9 @@ def grpo_loss(batch: RolloutBatch, out: PolicyOutput, cfg: Config) -> tuple[Tens
         kl_seq = seq_sum(kl_per_token(batch.old_logp, batch.ref_logp, "k1"), mask)
         rewards = rewards - cfg.beta * kl_seq
     adv = advantages(rewards, batch.group_ids, cfg)  # [B]
-    per_token, clipped = clipped_pg(out.logp, batch.old_logp, adv[:, None], cfg.eps_low, cfg.eps_high)
+    per_token, clipped = clipped_pg(
+        out.logp, batch.old_logp, adv[:, None], cfg.eps_low, cfg.eps_high
+    )
     metrics = {}
     if cfg.beta and cfg.kl_in == "loss":
         kl = kl_per_token(out.logp, batch.ref_logp, cfg.kl_estimator)

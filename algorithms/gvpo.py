@@ -24,7 +24,9 @@ from bench.batch import PolicyOutput, RolloutBatch, group_index, group_mean, gro
 class Config:
     beta: float = 0.1  # KL strength; paper / authors' verl recipe use 0.1
     anchor: Literal["reference", "old"] = "reference"  # pi_a: fixed pi_ref, or the behaviour policy
-    mean_over_groups: bool = True  # divide the sum over groups by G (empirical E_x); False = plain sum
+    mean_over_groups: bool = (
+        True  # divide the sum over groups by G (empirical E_x); False = plain sum
+    )
 
 
 def weights(l: Tensor, rewards: Tensor, group_ids: Tensor, beta: float) -> Tensor:

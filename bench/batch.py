@@ -19,7 +19,9 @@ class RolloutBatch:
     old_logp: Tensor  # [B, T] behaviour log-probs, recomputed with the training model
     rewards: Tensor  # [B] scalar reward per completion
     group_ids: Tensor  # [B] prompt index: rows with the same id form one group of k
-    ref_logp: Tensor | None = None  # [B, T] reference-policy log-probs (if the algorithm needs them)
+    ref_logp: Tensor | None = (
+        None  # [B, T] reference-policy log-probs (if the algorithm needs them)
+    )
     values: Tensor | None = None  # [B, T] value estimates of the behaviour critic (PPO)
     input_ids: Tensor | None = None  # [B, P+T] prompt (left-padded) + completion (right-padded)
     attention_mask: Tensor | None = None  # [B, P+T]

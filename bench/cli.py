@@ -13,10 +13,19 @@ from rich.table import Table
 from bench.errors import BenchError
 from bench.progress import console
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="gvpo-bench: compare LLM post-training algorithms with one training loop.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="gvpo-bench: compare LLM post-training algorithms with one training loop.",
+)
 
-TrackingUri = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow URI (default: $MLFLOW_TRACKING_URI or sqlite under results/)")]
+TrackingUri = Annotated[
+    str | None,
+    typer.Option(
+        "--tracking-uri", help="MLflow URI (default: $MLFLOW_TRACKING_URI or sqlite under results/)"
+    ),
+]
 
 
 def user_errors(fn):
@@ -43,7 +52,9 @@ def _split(args: list[str] | None, default_preset: str | None) -> tuple[str | No
 @app.command()
 @user_errors
 def run(
-    args: Annotated[list[str] | None, typer.Argument(help="PRESET then key=value overrides")] = None,
+    args: Annotated[
+        list[str] | None, typer.Argument(help="PRESET then key=value overrides")
+    ] = None,
     tracking_uri: TrackingUri = None,
 ):
     """Train one run: bench run PRESET [key=value ...]."""
@@ -62,10 +73,16 @@ def run(
 @app.command()
 @user_errors
 def compare(
-    args: Annotated[list[str] | None, typer.Argument(help="[PRESET] then key=value overrides")] = None,
-    algorithms: Annotated[str | None, typer.Option(help="comma-separated, default: the preset's compare.algorithms")] = None,
+    args: Annotated[
+        list[str] | None, typer.Argument(help="[PRESET] then key=value overrides")
+    ] = None,
+    algorithms: Annotated[
+        str | None, typer.Option(help="comma-separated, default: the preset's compare.algorithms")
+    ] = None,
     seeds: Annotated[int | None, typer.Option(help="seeds 0..N-1 per algorithm")] = None,
-    workers: Annotated[int, typer.Option(help="parallel runs (local processes, 1 torch thread each)")] = 2,
+    workers: Annotated[
+        int, typer.Option(help="parallel runs (local processes, 1 torch thread each)")
+    ] = 2,
     tracking_uri: TrackingUri = None,
 ):
     """Every algorithm x seed on the preset's task, then the report: bench compare [PRESET]."""
@@ -86,7 +103,9 @@ def compare(
     _print_summary(result["summary"])
     console.print(f"report: {result['report']}")
     if failed:
-        console.print(f"[red]{len(failed)} run(s) failed:[/red] {', '.join(o.name for o in failed)}")
+        console.print(
+            f"[red]{len(failed)} run(s) failed:[/red] {', '.join(o.name for o in failed)}"
+        )
         raise typer.Exit(1)
 
 
@@ -95,8 +114,16 @@ def _print_summary(summary) -> None:
     for col in ("task", "algorithm", "metric", "n", "mean", "std", "95% CI", "base"):
         table.add_column(col)
     for r in summary[summary.metric.isin(["accuracy", "avg_at_k"])].itertuples():
-        table.add_row(r.task, r.algorithm, r.metric, str(r.n_seeds), f"{r.mean:.3f}", f"{r.std:.3f}",
-                      f"[{r.ci_low:.3f}, {r.ci_high:.3f}]", f"{r.base_value:.3f}")
+        table.add_row(
+            r.task,
+            r.algorithm,
+            r.metric,
+            str(r.n_seeds),
+            f"{r.mean:.3f}",
+            f"{r.std:.3f}",
+            f"[{r.ci_low:.3f}, {r.ci_high:.3f}]",
+            f"{r.base_value:.3f}",
+        )
     console.print(table)
 
 
@@ -105,7 +132,9 @@ def _print_summary(summary) -> None:
 def report(
     experiment: Annotated[str, typer.Argument(help="MLflow experiment name")],
     tracking_uri: TrackingUri = None,
-    out: Annotated[Path | None, typer.Option(help="output folder (default results/reports/EXPERIMENT)")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="output folder (default results/reports/EXPERIMENT)")
+    ] = None,
 ):
     """Tables, plots and report.md for an experiment, from MLflow alone."""
     from reports.report import build_report
@@ -123,7 +152,11 @@ def list_():
     from bench.config import preset_names
     from tasks import TASKS
 
-    for kind, names in (("algorithms", ALGORITHMS.names()), ("tasks", TASKS.names()), ("presets", preset_names())):
+    for kind, names in (
+        ("algorithms", ALGORITHMS.names()),
+        ("tasks", TASKS.names()),
+        ("presets", preset_names()),
+    ):
         console.print(f"[bold]{kind}[/bold]: {', '.join(names)}")
     for name in ALGORITHMS.names():
         console.print(f"  {name}: {ALGORITHMS.get(name).source}", highlight=False)

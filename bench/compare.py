@@ -44,7 +44,9 @@ def run_all(cfgs: list[RunConfig], workers: int, tracking_uri: str | None) -> li
     outcomes: list[Outcome | None] = [None] * len(cfgs)
     with bar() as progress:
         job = progress.add_task("runs", total=len(cfgs), info="")
-        for i, final, err in LocalExecutor(workers).map(_run_one, [(c, tracking_uri) for c in cfgs]):
+        for i, final, err in LocalExecutor(workers).map(
+            _run_one, [(c, tracking_uri) for c in cfgs]
+        ):
             outcomes[i] = Outcome(cfgs[i].name, final, err)
             if err:
                 console.print(f"[red]run {cfgs[i].name} failed:[/red] {err.splitlines()[0]}")

@@ -157,7 +157,9 @@ def resolve_preset(name_or_path: str) -> Path:
         return p
     candidate = PRESETS_DIR / f"{name_or_path}.yaml"
     if not candidate.exists():
-        raise BenchError(f"unknown preset '{name_or_path}'" + did_you_mean(name_or_path, preset_names()))
+        raise BenchError(
+            f"unknown preset '{name_or_path}'" + did_you_mean(name_or_path, preset_names())
+        )
     return candidate
 
 
@@ -214,7 +216,8 @@ def _coerce(value: Any, tp: Any, path: tuple[str, ...], src: _Source) -> Any:
         choices = typing.get_args(tp)
         if value not in choices:
             raise BenchError(
-                f"{src.of(path)}: '{key}' got {value!r}" + did_you_mean(str(value), [str(c) for c in choices])
+                f"{src.of(path)}: '{key}' got {value!r}"
+                + did_you_mean(str(value), [str(c) for c in choices])
             )
         return value
     if origin is list:
@@ -259,7 +262,10 @@ def build_dataclass(cls: type, data: dict, path: tuple[str, ...] = (), src: _Sou
         p = (*path, str(k))
         if k not in names:
             section = f" in '{'.'.join(path)}'" if path else ""
-            raise BenchError(f"{src.of(p)}: unknown config key '{'.'.join(p)}'{section}" + did_you_mean(str(k), names))
+            raise BenchError(
+                f"{src.of(p)}: unknown config key '{'.'.join(p)}'{section}"
+                + did_you_mean(str(k), names)
+            )
         kwargs[k] = _coerce(v, hints[k], p, src)
     return cls(**kwargs)
 
@@ -271,22 +277,30 @@ def _check_registered(cfg: RunConfig, src: _Source) -> None:
     for key, reg in (("algorithm", ALGORITHMS), ("task", TASKS)):
         name = getattr(cfg, key)
         if name not in reg:
-            raise BenchError(f"{src.of((key,))}: unknown {key} '{name}'" + did_you_mean(name, reg.names()))
+            raise BenchError(
+                f"{src.of((key,))}: unknown {key} '{name}'" + did_you_mean(name, reg.names())
+            )
     for name in cfg.compare.algorithms:
         if name not in ALGORITHMS:
             raise BenchError(
-                f"{src.of(('compare', 'algorithms'))}: unknown algorithm '{name}'" + did_you_mean(name, ALGORITHMS.names())
+                f"{src.of(('compare', 'algorithms'))}: unknown algorithm '{name}'"
+                + did_you_mean(name, ALGORITHMS.names())
             )
     for section, reg, attr in (("algorithms", ALGORITHMS, "config"), ("tasks", TASKS, "Config")):
         for name, values in getattr(cfg, section).items():
             if name not in reg:
-                raise BenchError(f"{src.of((section, name))}: unknown {reg.kind} '{name}'" + did_you_mean(name, reg.names()))
+                raise BenchError(
+                    f"{src.of((section, name))}: unknown {reg.kind} '{name}'"
+                    + did_you_mean(name, reg.names())
+                )
             if not isinstance(values, dict):
                 raise BenchError(f"{src.of((section, name))}: '{section}.{name}' must be a mapping")
             build_dataclass(getattr(reg.get(name), attr), values, (section, name), src)
 
 
-def load_config(preset: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+def load_config(
+    preset: str | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> RunConfig:
     """Preset name or YAML path, then ``key=value`` overrides, validated into a RunConfig."""
     src = _Source()
     data = _load_preset(resolve_preset(preset), src) if preset else {}

@@ -15,7 +15,9 @@ def majority(answers: list[str]) -> str:
     return Counter(a.strip() for a in answers).most_common(1)[0][0]
 
 
-def evaluate(model, tokenizer, task, sampler: Sampler, ecfg: EvalConfig, scfg: SamplingConfig, seed: int) -> dict[str, float]:
+def evaluate(
+    model, tokenizer, task, sampler: Sampler, ecfg: EvalConfig, scfg: SamplingConfig, seed: int
+) -> dict[str, float]:
     """Metrics named ``eval/<task>/<metric>``. Unscorable answers count as wrong and are counted."""
     rows = task.eval_rows()[: ecfg.max_prompts]
     prompts = [r["prompt"] for r in rows]
@@ -27,7 +29,13 @@ def evaluate(model, tokenizer, task, sampler: Sampler, ecfg: EvalConfig, scfg: S
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             sampled = sampler.generate(
-                model, tokenizer, prompts, ecfg.k, scfg.max_new_tokens, temperature=ecfg.temperature, top_p=scfg.top_p
+                model,
+                tokenizer,
+                prompts,
+                ecfg.k,
+                scfg.max_new_tokens,
+                temperature=ecfg.temperature,
+                top_p=scfg.top_p,
             )
         k = ecfg.k
         per_prompt = [sampled.texts[i * k : (i + 1) * k] for i in range(len(rows))]

@@ -120,7 +120,9 @@ def warm_start(model, tokenizer, task, cfg: ModelConfig) -> list[float]:
     with bar() as progress:
         job = progress.add_task("warm start", total=cfg.warmstart_steps, info="")
         for _ in range(cfg.warmstart_steps):
-            input_ids, attention, labels = sft_batch(tokenizer, rng.sample(examples, cfg.warmstart_batch))
+            input_ids, attention, labels = sft_batch(
+                tokenizer, rng.sample(examples, cfg.warmstart_batch)
+            )
             loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
             opt.zero_grad()
             loss.backward()

@@ -13,12 +13,20 @@ RewardFn = Callable[..., list[float | None]]
 
 
 def score(
-    fn: RewardFn, prompts: list[str], completions: list[str], rows: list[dict], none_value: float = 0.0
+    fn: RewardFn,
+    prompts: list[str],
+    completions: list[str],
+    rows: list[dict],
+    none_value: float = 0.0,
 ) -> tuple[torch.Tensor, int]:
     """(rewards [N] float32, number of unscorable completions)."""
     columns = {k: [r[k] for r in rows] for k in rows[0] if k != "prompt"} if rows else {}
     raw = fn(prompts, completions, **columns)
     if len(raw) != len(completions):
-        raise ValueError(f"reward function returned {len(raw)} values for {len(completions)} completions")
+        raise ValueError(
+            f"reward function returned {len(raw)} values for {len(completions)} completions"
+        )
     n_none = sum(r is None for r in raw)
-    return torch.tensor([none_value if r is None else float(r) for r in raw], dtype=torch.float32), n_none
+    return torch.tensor(
+        [none_value if r is None else float(r) for r in raw], dtype=torch.float32
+    ), n_none

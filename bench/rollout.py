@@ -34,8 +34,15 @@ class Generation:
 
 class Sampler(Protocol):
     def generate(
-        self, model, tokenizer, prompts: list[str], k: int, max_new_tokens: int,
-        temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False,
+        self,
+        model,
+        tokenizer,
+        prompts: list[str],
+        k: int,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        greedy: bool = False,
     ) -> Generation: ...
 
 
@@ -53,7 +60,9 @@ class HFSampler:
         self.batch_size = batch_size  # prompts*k rows per generate call
 
     @torch.no_grad()
-    def generate(self, model, tokenizer, prompts, k, max_new_tokens, temperature=1.0, top_p=1.0, greedy=False):
+    def generate(
+        self, model, tokenizer, prompts, k, max_new_tokens, temperature=1.0, top_p=1.0, greedy=False
+    ):
         enc = tokenizer(prompts, padding=True, return_tensors="pt", add_special_tokens=False)
         prompt_ids = enc["input_ids"].repeat_interleave(k, dim=0)
         prompt_mask = enc["attention_mask"].repeat_interleave(k, dim=0)
@@ -77,13 +86,19 @@ class HFSampler:
         completion_ids = torch.cat(chunks)
         mask, truncated = completion_mask(completion_ids, eos)
         completion_ids = completion_ids.masked_fill(mask == 0, pad)
-        texts = tokenizer.batch_decode(completion_ids * mask + pad * (1 - mask), skip_special_tokens=True)
+        texts = tokenizer.batch_decode(
+            completion_ids * mask + pad * (1 - mask), skip_special_tokens=True
+        )
         return Generation(prompt_ids, prompt_mask, completion_ids, mask, texts, truncated)
 
 
 def token_logps(
-    model, input_ids: Tensor, attention_mask: Tensor, completion_len: int,
-    temperature: float = 1.0, entropy: bool = False,
+    model,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    completion_len: int,
+    temperature: float = 1.0,
+    entropy: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """Per-token log-probs [B, T] of the last T tokens given all before (and entropy [B, T]).
 

@@ -7,6 +7,7 @@ step metrics (batched), and artifacts (resolved config YAML, a JSONL sample of c
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
@@ -30,8 +31,16 @@ def resolve_uri(uri: str | None) -> str:
 def git_info() -> dict[str, str]:
     root = Path(__file__).resolve().parent.parent
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return {"git.sha": "unknown", "git.dirty": "unknown"}
     return {"git.sha": sha or "unknown", "git.dirty": str(bool(dirty)).lower()}
@@ -40,10 +49,8 @@ def git_info() -> dict[str, str]:
 def package_versions() -> dict[str, str]:
     out = {}
     for pkg in ("gvpo-bench", "torch", "transformers", "trl", "mlflow"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[f"version.{pkg}"] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 
@@ -69,7 +76,9 @@ def experiment_id(uri: str, name: str, create: bool = True) -> str | None:
 class Tracker:
     """One MLflow run. Metrics go out every step, so a crash loses nothing already logged."""
 
-    def __init__(self, uri: str, experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str]):
+    def __init__(
+        self, uri: str, experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str]
+    ):
         from mlflow.entities import Param, RunTag
 
         self.uri = uri

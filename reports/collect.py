@@ -15,7 +15,9 @@ def runs_frame(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame
     exp = c.get_experiment_by_name(experiment)
     if exp is None:
         names = [e.name for e in c.search_experiments()]
-        raise BenchError(f"no experiment '{experiment}' in {uri}" + did_you_mean(experiment, names or ["(none)"]))
+        raise BenchError(
+            f"no experiment '{experiment}' in {uri}" + did_you_mean(experiment, names or ["(none)"])
+        )
     rows = []
     token = None
     while True:
@@ -37,7 +39,9 @@ def runs_frame(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
-def history_frame(run_ids: list[str], keys: list[str], tracking_uri: str | None = None) -> pd.DataFrame:
+def history_frame(
+    run_ids: list[str], keys: list[str], tracking_uri: str | None = None
+) -> pd.DataFrame:
     c = client(resolve_uri(tracking_uri))
     rows = [
         {"run_id": rid, "key": key, "step": m.step, "value": m.value}

@@ -16,7 +16,9 @@ def learning_curves(curve: pd.DataFrame, title: str, ylabel: str, base_value: fl
         c = c.sort_values("step")
         n = int(c["n"].max())
         (line,) = ax.plot(c["step"], c["mean"], marker="o", ms=3, label=f"{algo} (n={n})")
-        ax.fill_between(c["step"], c["mean"] - c["std"], c["mean"] + c["std"], color=line.get_color(), alpha=0.2)
+        ax.fill_between(
+            c["step"], c["mean"] - c["std"], c["mean"] + c["std"], color=line.get_color(), alpha=0.2
+        )
     if base_value is not None and base_value == base_value:
         ax.axhline(base_value, color="grey", ls="--", lw=1, label="warm-start baseline")
     ax.set_xlabel("training step")

@@ -26,7 +26,9 @@ def md_table(df: pd.DataFrame, floatfmt: str = "{:.3f}") -> str:
     return "\n".join(lines)
 
 
-def build_report(experiment: str, tracking_uri: str | None = None, out_dir: Path | None = None) -> dict:
+def build_report(
+    experiment: str, tracking_uri: str | None = None, out_dir: Path | None = None
+) -> dict:
     """Collect finished runs of ``experiment`` and write the report files. Returns paths + summary."""
     uri = resolve_uri(tracking_uri)
     runs = runs_frame(experiment, uri)
@@ -47,13 +49,25 @@ def build_report(experiment: str, tracking_uri: str | None = None, out_dir: Path
         task_runs = runs[runs["params.task"] == task]
         key = f"eval/{task}/accuracy"
         base = summary[(summary.task == task) & (summary.metric == "accuracy")]["base_value"]
-        fig = learning_curves(curves(task_runs, history, key), f"{experiment}: {task}", "eval accuracy (greedy)",
-                              float(base.mean()) if len(base) else None)
+        fig = learning_curves(
+            curves(task_runs, history, key),
+            f"{experiment}: {task}",
+            "eval accuracy (greedy)",
+            float(base.mean()) if len(base) else None,
+        )
         name = "learning_curves.png" if len(tasks) == 1 else f"learning_curves_{task}.png"
         fig.savefig(out / name)
         plots.append(name)
-    perf = history[history["key"].isin(PERF_KEYS)].sort_values("step").groupby(["run_id", "key"])["value"].last().unstack()
-    perf = perf.join(runs.set_index("run_id")[["params.algorithm"]]).groupby("params.algorithm").mean()
+    perf = (
+        history[history["key"].isin(PERF_KEYS)]
+        .sort_values("step")
+        .groupby(["run_id", "key"])["value"]
+        .last()
+        .unstack()
+    )
+    perf = (
+        perf.join(runs.set_index("run_id")[["params.algorithm"]]).groupby("params.algorithm").mean()
+    )
     perf = perf.reset_index().rename(columns={"params.algorithm": "algorithm"})
     text = [
         f"# Report: {experiment}",
@@ -77,4 +91,9 @@ def build_report(experiment: str, tracking_uri: str | None = None, out_dir: Path
         "",
     ]
     (out / "report.md").write_text("\n".join(text))
-    return {"dir": out, "summary": summary, "report": out / "report.md", "plots": [out / p for p in plots]}
+    return {
+        "dir": out,
+        "summary": summary,
+        "report": out / "report.md",
+        "plots": [out / p for p in plots],
+    }

@@ -8,13 +8,25 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-SUMMARY_COLUMNS = ["algorithm", "task", "n_seeds", "metric", "mean", "std", "ci_low", "ci_high", "base_value"]
+SUMMARY_COLUMNS = [
+    "algorithm",
+    "task",
+    "n_seeds",
+    "metric",
+    "mean",
+    "std",
+    "ci_low",
+    "ci_high",
+    "base_value",
+]
 
 
 def latest_finished(runs: pd.DataFrame) -> pd.DataFrame:
     """Finished runs, keeping the newest per (task, algorithm, seed): re-runs replace old ones."""
     done = runs[runs["status"] == "FINISHED"]
-    return done.sort_values("start_time").drop_duplicates(["params.task", "params.algorithm", "params.seed"], keep="last")
+    return done.sort_values("start_time").drop_duplicates(
+        ["params.task", "params.algorithm", "params.seed"], keep="last"
+    )
 
 
 def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float, float]:
@@ -52,7 +64,19 @@ def summarize(runs: pd.DataFrame, history: pd.DataFrame, metrics: list[str]) -> 
                 continue
             base = base_values(history, key).reindex(ids).dropna()
             mean, std, lo, hi = mean_ci(final)
-            rows.append([algo, task, len(final), metric, mean, std, lo, hi, float(base.mean()) if len(base) else float("nan")])
+            rows.append(
+                [
+                    algo,
+                    task,
+                    len(final),
+                    metric,
+                    mean,
+                    std,
+                    lo,
+                    hi,
+                    float(base.mean()) if len(base) else float("nan"),
+                ]
+            )
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
@@ -60,5 +84,7 @@ def curves(runs: pd.DataFrame, history: pd.DataFrame, key: str) -> pd.DataFrame:
     """Mean and std over seeds at each step: columns algorithm, step, mean, std, n."""
     h = history[history["key"] == key].merge(runs[["run_id", "params.algorithm"]], on="run_id")
     g = h.groupby(["params.algorithm", "step"])["value"]
-    out = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1).fillna(0.0), "n": g.count()}).reset_index()
+    out = pd.DataFrame(
+        {"mean": g.mean(), "std": g.std(ddof=1).fillna(0.0), "n": g.count()}
+    ).reset_index()
     return out.rename(columns={"params.algorithm": "algorithm"})

@@ -50,7 +50,10 @@ class Arithmetic(Task):
 
     @staticmethod
     def _row(expr: str) -> dict:
-        return {"prompt": f"{expr}=", "answer": str(eval(expr, {"__builtins__": {}}))}  # digits/ops only
+        return {
+            "prompt": f"{expr}=",
+            "answer": str(eval(expr, {"__builtins__": {}})),
+        }  # digits/ops only
 
     def train_rows(self) -> list[dict]:
         return self._train

@@ -1,0 +1,87 @@
+"""Rollout layer: tokenizer round trip, EOS masks, and recomputed log-probs == the sampler's."""
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from bench.config import ModelConfig
+from bench.models import build_tiny_model, build_tokenizer
+from bench.rewards import score
+from bench.rollout import HFSampler, completion_mask, token_logps
+
+SMALL = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    tok = build_tokenizer()
+    return build_tiny_model(SMALL, tok).eval(), tok
+
+
+def test_tokenizer_round_trips_after_save(tmp_path):
+    tok = build_tokenizer()
+    tok.save_pretrained(tmp_path)
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    for text in ["12+34=46", "  a b\tc ", "-7", "héllo wörld"]:
+        ids = again(text, add_special_tokens=False)["input_ids"]
+        assert again.decode(ids) == text
+        assert ids == tok(text, add_special_tokens=False)["input_ids"]
+    assert (
+        len(tok("0123456789+-=", add_special_tokens=False)["input_ids"]) == 13
+    )  # one token per char
+
+
+def test_completion_mask_stops_after_first_eos():
+    ids = torch.tensor([[5, 1, 7, 1], [5, 6, 7, 8], [1, 2, 3, 4]])
+    mask, truncated = completion_mask(ids, eos_id=1)
+    assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+    assert truncated.tolist() == [False, True, False]
+
+
+def test_sampler_groups_and_recomputed_logps_match_generate(tiny):
+    model, tok = tiny
+    prompts = ["1+2=", "33-14+2="]  # different lengths: left padding must not shift positions
+    torch.manual_seed(0)
+    gen = HFSampler().generate(model, tok, prompts, k=3, max_new_tokens=5)
+    assert gen.completion_ids.shape == (6, 5) and len(gen.texts) == 6
+    assert torch.equal(gen.prompt_ids[0], gen.prompt_ids[2]) and not torch.equal(
+        gen.prompt_ids[0], gen.prompt_ids[3]
+    )
+    # the same sampling with scores from generate itself
+    enc = tok(prompts, padding=True, return_tensors="pt", add_special_tokens=False)
+    torch.manual_seed(0)
+    out = model.generate(
+        **enc,
+        do_sample=True,
+        top_k=0,
+        max_new_tokens=5,
+        output_scores=True,
+        return_dict_in_generate=True,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    new = out.sequences[:, enc["input_ids"].shape[1] :]
+    scores = torch.stack(out.scores, 1).log_softmax(-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
+    attn = torch.cat([enc["attention_mask"], torch.ones_like(new)], 1)
+    mine, ent = token_logps(model, out.sequences, attn, new.shape[1], entropy=True)
+    assert torch.allclose(mine, scores, atol=1e-5)
+    assert ent.shape == mine.shape and (ent >= 0).all()
+
+
+def test_greedy_is_deterministic(tiny):
+    model, tok = tiny
+    a = HFSampler().generate(model, tok, ["1+1="], 1, 4, greedy=True)
+    b = HFSampler().generate(model, tok, ["1+1="], 1, 4, greedy=True)
+    assert a.texts == b.texts
+
+
+def test_unscorable_rewards_are_counted_not_silent():
+    def fn(prompts, completions, answer):
+        return [
+            None if c == "?" else float(c == a) for c, a in zip(completions, answer, strict=False)
+        ]
+
+    rewards, n_none = score(fn, ["p"] * 3, ["1", "?", "2"], [{"prompt": "p", "answer": "1"}] * 3)
+    assert rewards.tolist() == [1.0, 0.0, 0.0] and n_none == 1
+    with pytest.raises(ValueError, match="returned 1 values for 2"):
+        score(lambda p, c, **kw: [1.0], ["p", "p"], ["a", "b"], [{"prompt": "p"}] * 2)
