@@ -16,7 +16,8 @@ from torch import Tensor
 @dataclass(frozen=True)
 class RolloutBatch:
     mask: Tensor  # [B, T] 1 on completion tokens (EOS included), 0 on padding
-    old_logp: Tensor  # [B, T] behaviour log-probs, recomputed with the training model
+    old_logp: Tensor  # [B, T] behaviour log-probs, recomputed with the training model (the loop
+    # fills them from the first forward when the policy is updated once per rollout batch)
     rewards: Tensor  # [B] scalar reward per completion
     group_ids: Tensor  # [B] prompt index: rows with the same id form one group of k
     ref_logp: Tensor | None = (

@@ -6,6 +6,7 @@ the loop reads its declared needs (``Algorithm.needs``) and never branches on na
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import random
@@ -15,8 +16,8 @@ import time
 import numpy as np
 import torch
 
-from algorithms import ALGORITHMS
-from bench.batch import PolicyOutput, RolloutBatch
+from algorithms import ALGORITHMS, Algorithm
+from bench.batch import PolicyOutput, RolloutBatch, seq_sum
 from bench.config import RunConfig, flatten, to_yaml
 from bench.evaluate import evaluate
 from bench.models import load_policy, n_params
@@ -34,7 +35,7 @@ def seed_all(seed: int) -> None:
 
 
 def prompt_stream(rows: list[dict], per_step: int, seed: int):
-    """Endless batches of rows: a fresh seeded permutation each epoch over the train split."""
+    """Endless batches of rows: a fresh seeded permutation each pass over the train split."""
     rng = random.Random(seed)
     while True:
         order = list(range(len(rows)))
@@ -51,13 +52,14 @@ def minibatch_indices(group_ids: torch.Tensor, n: int, gen: torch.Generator) -> 
 
 
 def forward(model, batch: RolloutBatch, temperature: float) -> PolicyOutput:
+    T = batch.mask.shape[1]
     logp, ent = token_logps(
-        model, batch.input_ids, batch.attention_mask, batch.mask.shape[1], temperature, entropy=True
+        model, batch.input_ids, batch.attention_mask, T, temperature, entropy=True
     )
     return PolicyOutput(logp=logp, entropy=ent)
 
 
-def group_reward_stats(rewards: torch.Tensor, k: int) -> dict[str, float]:
+def reward_stats(rewards: torch.Tensor, k: int) -> dict[str, float]:
     g = rewards.view(-1, k)
     return {
         "train/reward/mean": rewards.mean().item(),
@@ -66,10 +68,66 @@ def group_reward_stats(rewards: torch.Tensor, k: int) -> dict[str, float]:
     }
 
 
-def train(
-    cfg: RunConfig, sampler: Sampler | None = None, tracking_uri: str | None = None
-) -> dict[str, float]:
-    """Run one training run; returns the final metrics. Logs to MLflow as it goes."""
+def make_batch(
+    policy, reference, algo: Algorithm, gen, rewards, k: int, cfg: RunConfig
+) -> RolloutBatch:
+    """Rollouts -> RolloutBatch with what the algorithm declared it needs."""
+    T, temp = cfg.sampling.max_new_tokens, cfg.sampling.temperature
+    ids, attn = gen.input_ids, gen.attention_mask
+    with torch.no_grad():
+        # With one update per rollout batch the policy has not moved when the loss is taken, so
+        # the first forward's log-probs are the behaviour log-probs: ``update`` fills them in.
+        single = cfg.train.epochs * cfg.train.minibatches == 1
+        old = None if single else token_logps(policy, ids, attn, T, temp)[0]
+        ref = token_logps(reference, ids, attn, T, temp)[0] if algo.needs.ref_logp else None
+    return RolloutBatch(
+        mask=gen.completion_mask.float(),
+        old_logp=old,
+        rewards=rewards,
+        group_ids=torch.arange(rewards.shape[0] // k).repeat_interleave(k),
+        ref_logp=ref,
+        input_ids=ids,
+        attention_mask=attn,
+    )
+
+
+def update(
+    policy, opt, sched, algo: Algorithm, algo_cfg, batch: RolloutBatch, cfg: RunConfig, gen, totals
+) -> dict:
+    """epochs x minibatches optimiser steps on one rollout batch; returns mean step metrics."""
+    collected: dict[str, list[float]] = {}
+    for _ in range(cfg.train.epochs):
+        for idx in minibatch_indices(batch.group_ids, cfg.train.minibatches, gen):
+            mb = batch.select(idx)
+            out = forward(policy, mb, cfg.sampling.temperature)
+            if mb.old_logp is None:
+                mb = dataclasses.replace(mb, old_logp=out.logp.detach())
+            loss, m = algo.loss(mb, out, algo_cfg)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gn = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.train.max_grad_norm).item()
+            if math.isfinite(gn) and math.isfinite(loss.item()):
+                opt.step()
+                sched.step()
+            else:  # counted, never silently applied
+                totals["skipped_steps"] += 1
+                opt.zero_grad(set_to_none=True)
+            m |= {
+                "train/loss": loss.item(),
+                "train/grad_norm": gn,
+                "train/entropy": (out.entropy * mb.mask).sum().item()
+                / max(mb.mask.sum().item(), 1),
+            }
+            if mb.ref_logp is not None:  # sequence KL(behaviour || reference), k1 estimate
+                m["train/kl_ref"] = seq_sum(mb.old_logp - mb.ref_logp, mb.mask).mean().item()
+            for key, v in m.items():
+                collected.setdefault(key, []).append(v)
+            totals["tokens_trained"] += mb.mask.sum().item()
+    return {key: float(np.mean(v)) for key, v in collected.items()}
+
+
+def train(cfg: RunConfig, sampler: Sampler | None = None, tracking_uri: str | None = None) -> dict:
+    """Run one training run; returns the final metrics (and run_id). Logs to MLflow as it goes."""
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     algo = ALGORITHMS.get(cfg.algorithm)
@@ -86,17 +144,18 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0
     )
+    tags = {
+        "task_version": task.version,
+        "model.cache": info["cache"],
+        "model.n_params": str(n_params(policy)),
+        "algorithm.source": algo.source,
+    }
     tracker = Tracker(
         resolve_uri(tracking_uri or cfg.tracking.uri),
         cfg.tracking.experiment,
         cfg.name,
         flatten(cfg),
-        {
-            "task_version": task.version,
-            "model.cache": info["cache"],
-            "model.n_params": str(n_params(policy)),
-            "algorithm.source": algo.source,
-        },
+        tags,
     )
     tracker.log_text(to_yaml(cfg), "config.yaml")
     k, T = cfg.sampling.k, cfg.sampling.max_new_tokens
@@ -109,9 +168,8 @@ def train(
         "skipped_steps": 0.0,
         "unscorable": 0.0,
     }
-    start = time.time()
-    final: dict[str, float] = {}
-    status = "FAILED"
+    final: dict = {}
+    start, status = time.time(), "FAILED"
 
     def run_eval(step: int) -> None:
         m = evaluate(
@@ -126,65 +184,25 @@ def train(
             run_eval(0)
             for step in range(1, cfg.train.steps + 1):
                 t0 = time.time()
-                rows = next(stream)
+                rows = [r for r in next(stream) for _ in range(k)]  # each prompt k times
                 prompts = [r["prompt"] for r in rows]
                 gen = sampler.generate(
-                    policy, tokenizer, prompts, k, T, cfg.sampling.temperature, cfg.sampling.top_p
+                    policy,
+                    tokenizer,
+                    prompts[::k],
+                    k,
+                    T,
+                    cfg.sampling.temperature,
+                    cfg.sampling.top_p,
                 )
-                rep_rows = [r for r in rows for _ in range(k)]
-                rewards, n_none = score(
-                    task.reward, [r["prompt"] for r in rep_rows], gen.texts, rep_rows
-                )
-                input_ids, attn = gen.input_ids, gen.attention_mask
-                with torch.no_grad():
-                    old_logp, _ = token_logps(policy, input_ids, attn, T, cfg.sampling.temperature)
-                    ref_logp = (
-                        token_logps(reference, input_ids, attn, T, cfg.sampling.temperature)[0]
-                        if algo.needs.ref_logp
-                        else None
-                    )
-                batch = RolloutBatch(
-                    mask=gen.completion_mask.float(),
-                    old_logp=old_logp,
-                    rewards=rewards,
-                    group_ids=torch.arange(len(prompts)).repeat_interleave(k),
-                    ref_logp=ref_logp,
-                    input_ids=input_ids,
-                    attention_mask=attn,
-                )
-                step_metrics: dict[str, list[float]] = {}
-                for _ in range(cfg.train.epochs):
-                    for idx in minibatch_indices(batch.group_ids, cfg.train.minibatches, mb_gen):
-                        mb = batch.select(idx)
-                        out = forward(policy, mb, cfg.sampling.temperature)
-                        loss, m = algo.loss(mb, out, algo_cfg)
-                        opt.zero_grad(set_to_none=True)
-                        loss.backward()
-                        gn = torch.nn.utils.clip_grad_norm_(
-                            policy.parameters(), cfg.train.max_grad_norm
-                        ).item()
-                        if not (math.isfinite(gn) and math.isfinite(loss.item())):
-                            totals["skipped_steps"] += 1
-                            opt.zero_grad(set_to_none=True)
-                        else:
-                            opt.step()
-                            sched.step()
-                        m |= {
-                            "train/loss": loss.item(),
-                            "train/grad_norm": gn,
-                            "train/entropy": (out.entropy * mb.mask).sum().item()
-                            / mb.mask.sum().clamp(min=1).item(),
-                        }
-                        for key, v in m.items():
-                            step_metrics.setdefault(key, []).append(v)
-                        totals["tokens_trained"] += mb.mask.sum().item()
+                rewards, n_none = score(task.reward, prompts, gen.texts, rows)
+                batch = make_batch(policy, reference, algo, gen, rewards, k, cfg)
+                metrics = update(policy, opt, sched, algo, algo_cfg, batch, cfg, mb_gen, totals)
                 lengths = batch.mask.sum(-1)
                 totals["tokens_generated"] += lengths.sum().item()
                 totals["unscorable"] += n_none
                 dt = time.time() - t0
-                metrics = {key: float(np.mean(v)) for key, v in step_metrics.items()}
-                metrics |= group_reward_stats(rewards, k)
-                metrics |= {
+                metrics |= reward_stats(rewards, k) | {
                     "train/reward/unscorable_frac": n_none / len(rewards),
                     "response_length/mean": lengths.mean().item(),
                     "response_length/max": lengths.max().item(),
@@ -193,21 +211,13 @@ def train(
                     "perf/tokens_per_s": lengths.sum().item() / dt,
                     "perf/lr": sched.get_last_lr()[0],
                 }
-                if ref_logp is not None:
-                    metrics["train/kl_ref"] = (
-                        ((old_logp - ref_logp) * batch.mask).sum(-1).mean().item()
-                    )
                 tracker.log_metrics(metrics, step)
                 final.update(metrics)
                 if cfg.tracking.log_samples:
+                    triples = zip(prompts, gen.texts, rewards.tolist(), strict=True)
                     samples += [
                         json.dumps({"step": step, "prompt": p, "completion": c, "reward": r})
-                        for p, c, r in zip(
-                            [r["prompt"] for r in rep_rows],
-                            gen.texts,
-                            rewards.tolist(),
-                            strict=True,
-                        )
+                        for p, c, r in triples
                     ][: cfg.tracking.log_samples]
                 if step % cfg.eval.every == 0 or step == cfg.train.steps:
                     run_eval(step)
@@ -217,16 +227,13 @@ def train(
         status = "KILLED"
         raise
     finally:
-        wall = time.time() - start
-        perf = {f"perf/{k}": v for k, v in totals.items()}
-        perf |= {
-            "perf/wall_s": wall,
-            "perf/peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        }
+        perf = {f"perf/{key}": v for key, v in totals.items()}
+        perf["perf/wall_s"] = time.time() - start
+        perf["perf/peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         tracker.log_metrics(perf, cfg.train.steps)
         final.update(perf)
         if samples:
             tracker.log_text("\n".join(samples) + "\n", "samples.jsonl")
         tracker.end(status)
-    final["run_id"] = tracker.run_id  # type: ignore[assignment]
+    final["run_id"] = tracker.run_id
     return final
