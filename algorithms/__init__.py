@@ -36,6 +36,9 @@ class Algorithm:
     loss: LossFn
     needs: Needs = field(default_factory=Needs)
     group_relative: bool = True  # loss unchanged by adding a constant to a group's rewards
+    select: Callable[[RolloutBatch, Any], Tensor] | None = (
+        None  # rows the loss uses (forward only those)
+    )
     source: str = ""  # where the defaults come from (paper / reference code)
 
 

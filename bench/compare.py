@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from bench.config import RunConfig
 from bench.executors import LocalExecutor
 from bench.progress import bar, console
+from bench.tracking import experiment_id, resolve_uri
 
 
 @dataclass
@@ -41,6 +42,12 @@ def run_all(cfgs: list[RunConfig], workers: int, tracking_uri: str | None) -> li
     for key in sorted({(c.task, repr(c.model), repr(c.task_config())) for c in cfgs}):
         c = next(c for c in cfgs if (c.task, repr(c.model), repr(c.task_config())) == key)
         load_policy(c.model, TASKS.get(c.task)(c.task_config()))
+    # Create the MLflow store and experiments here: concurrent first-time migrations of one
+    # SQLite file by several workers corrupt it.
+    for uri, exp in sorted(
+        {(resolve_uri(tracking_uri or c.tracking.uri), c.tracking.experiment) for c in cfgs}
+    ):
+        experiment_id(uri, exp)
     outcomes: list[Outcome | None] = [None] * len(cfgs)
     with bar() as progress:
         job = progress.add_task("runs", total=len(cfgs), info="")

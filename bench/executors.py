@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -18,8 +20,16 @@ class Executor(Protocol):
     def map(self, fn: Callable, jobs: list[tuple]) -> Iterator[tuple[int, Any, str | None]]: ...
 
 
+def _exit_with_parent(parent: int) -> None:
+    while True:
+        time.sleep(2)
+        if os.getppid() != parent:  # the parent died (killed, Ctrl-C): do not run on as an orphan
+            os._exit(1)
+
+
 def _init_worker() -> None:
     os.environ["BENCH_PROGRESS"] = "0"  # the parent shows one bar over all runs
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
 
 
 def _call(fn: Callable, args: tuple) -> Any:

@@ -51,12 +51,19 @@ def minibatch_indices(group_ids: torch.Tensor, n: int, gen: torch.Generator) -> 
     return [torch.nonzero(torch.isin(group_ids, chunk)).squeeze(1) for chunk in perm.chunk(n)]
 
 
-def forward(model, batch: RolloutBatch, temperature: float) -> PolicyOutput:
+def forward(model, batch: RolloutBatch, temperature: float, value_head=None) -> PolicyOutput:
     T = batch.mask.shape[1]
-    logp, ent = token_logps(
-        model, batch.input_ids, batch.attention_mask, T, temperature, entropy=True
+    res = token_logps(
+        model,
+        batch.input_ids,
+        batch.attention_mask,
+        T,
+        temperature,
+        entropy=True,
+        hidden=value_head is not None,
     )
-    return PolicyOutput(logp=logp, entropy=ent)
+    values = value_head(res.hidden).squeeze(-1) if value_head is not None else None
+    return PolicyOutput(logp=res.logp, entropy=res.entropy, values=values)
 
 
 def reward_stats(rewards: torch.Tensor, k: int) -> dict[str, float]:
@@ -69,43 +76,55 @@ def reward_stats(rewards: torch.Tensor, k: int) -> dict[str, float]:
 
 
 def make_batch(
-    policy, reference, algo: Algorithm, gen, rewards, k: int, cfg: RunConfig
+    policy, reference, value_head, algo: Algorithm, gen, rewards, k: int, cfg: RunConfig
 ) -> RolloutBatch:
     """Rollouts -> RolloutBatch with what the algorithm declared it needs."""
     T, temp = cfg.sampling.max_new_tokens, cfg.sampling.temperature
     ids, attn = gen.input_ids, gen.attention_mask
+    old = values = ref = None
     with torch.no_grad():
         # With one update per rollout batch the policy has not moved when the loss is taken, so
-        # the first forward's log-probs are the behaviour log-probs: ``update`` fills them in.
-        single = cfg.train.epochs * cfg.train.minibatches == 1
-        old = None if single else token_logps(policy, ids, attn, T, temp)[0]
-        ref = token_logps(reference, ids, attn, T, temp)[0] if algo.needs.ref_logp else None
+        # the first forward's log-probs (and values) are the behaviour ones: ``update`` fills them.
+        if cfg.train.epochs * cfg.train.minibatches > 1:
+            res = token_logps(policy, ids, attn, T, temp, hidden=value_head is not None)
+            old = res.logp
+            values = value_head(res.hidden).squeeze(-1) if value_head is not None else None
+        if algo.needs.ref_logp:
+            ref = token_logps(reference, ids, attn, T, temp).logp
     return RolloutBatch(
         mask=gen.completion_mask.float(),
         old_logp=old,
         rewards=rewards,
         group_ids=torch.arange(rewards.shape[0] // k).repeat_interleave(k),
         ref_logp=ref,
+        values=values,
         input_ids=ids,
         attention_mask=attn,
     )
 
 
 def update(
-    policy, opt, sched, algo: Algorithm, algo_cfg, batch: RolloutBatch, cfg: RunConfig, gen, totals
+    policy, value_head, opt, sched, algo, algo_cfg, batch: RolloutBatch, cfg: RunConfig, gen, totals
 ) -> dict:
     """epochs x minibatches optimiser steps on one rollout batch; returns mean step metrics."""
     collected: dict[str, list[float]] = {}
+    params = [p for group in opt.param_groups for p in group["params"]]
     for _ in range(cfg.train.epochs):
         for idx in minibatch_indices(batch.group_ids, cfg.train.minibatches, gen):
             mb = batch.select(idx)
-            out = forward(policy, mb, cfg.sampling.temperature)
+            if algo.select is not None:  # e.g. DPO uses only the best and worst of each group
+                mb = mb.select(algo.select(mb, algo_cfg))
+                if mb.size == 0:
+                    totals["empty_minibatches"] += 1
+                    continue
+            out = forward(policy, mb, cfg.sampling.temperature, value_head)
             if mb.old_logp is None:
-                mb = dataclasses.replace(mb, old_logp=out.logp.detach())
+                values = out.values.detach() if out.values is not None else None
+                mb = dataclasses.replace(mb, old_logp=out.logp.detach(), values=values)
             loss, m = algo.loss(mb, out, algo_cfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            gn = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.train.max_grad_norm).item()
+            gn = torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm).item()
             if math.isfinite(gn) and math.isfinite(loss.item()):
                 opt.step()
                 sched.step()
@@ -126,6 +145,22 @@ def update(
     return {key: float(np.mean(v)) for key, v in collected.items()}
 
 
+def trainables(policy, algo: Algorithm, cfg: RunConfig):
+    """(value head or None, AdamW over everything trained, linear warm-up schedule)."""
+    value_head = None
+    if algo.needs.values:  # a linear value head on the policy's last hidden state (shared backbone)
+        value_head = torch.nn.Linear(policy.config.hidden_size, 1)
+        torch.nn.init.zeros_(value_head.weight)
+        torch.nn.init.zeros_(value_head.bias)
+    params = list(policy.parameters()) + (list(value_head.parameters()) if value_head else [])
+    opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    warm = max(cfg.train.warmup_steps, 0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0
+    )
+    return value_head, opt, sched
+
+
 def train(cfg: RunConfig, sampler: Sampler | None = None, tracking_uri: str | None = None) -> dict:
     """Run one training run; returns the final metrics (and run_id). Logs to MLflow as it goes."""
     if cfg.train.threads:
@@ -137,13 +172,7 @@ def train(cfg: RunConfig, sampler: Sampler | None = None, tracking_uri: str | No
     policy, tokenizer, info = load_policy(cfg.model, task)
     seed_all(cfg.seed)
     reference = copy.deepcopy(policy).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(
-        policy.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
-    )
-    warm = max(cfg.train.warmup_steps, 0)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0
-    )
+    value_head, opt, sched = trainables(policy, algo, cfg)
     tags = {
         "task_version": task.version,
         "model.cache": info["cache"],
@@ -166,6 +195,7 @@ def train(cfg: RunConfig, sampler: Sampler | None = None, tracking_uri: str | No
         "tokens_generated": 0.0,
         "tokens_trained": 0.0,
         "skipped_steps": 0.0,
+        "empty_minibatches": 0.0,
         "unscorable": 0.0,
     }
     final: dict = {}
@@ -196,8 +226,10 @@ def train(cfg: RunConfig, sampler: Sampler | None = None, tracking_uri: str | No
                     cfg.sampling.top_p,
                 )
                 rewards, n_none = score(task.reward, prompts, gen.texts, rows)
-                batch = make_batch(policy, reference, algo, gen, rewards, k, cfg)
-                metrics = update(policy, opt, sched, algo, algo_cfg, batch, cfg, mb_gen, totals)
+                batch = make_batch(policy, reference, value_head, algo, gen, rewards, k, cfg)
+                metrics = update(
+                    policy, value_head, opt, sched, algo, algo_cfg, batch, cfg, mb_gen, totals
+                )
                 lengths = batch.mask.sum(-1)
                 totals["tokens_generated"] += lengths.sum().item()
                 totals["unscorable"] += n_none

@@ -8,7 +8,7 @@ training-side model by ``token_logps``, never taken from the sampler.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 from torch import Tensor
@@ -92,6 +92,12 @@ class HFSampler:
         return Generation(prompt_ids, prompt_mask, completion_ids, mask, texts, truncated)
 
 
+class TokenLogps(NamedTuple):
+    logp: Tensor  # [B, T] log-prob of each completion token
+    entropy: Tensor | None  # [B, T] entropy of the next-token distribution (detached)
+    hidden: Tensor | None  # [B, T, H] last hidden state at the position that predicts token t
+
+
 def token_logps(
     model,
     input_ids: Tensor,
@@ -99,23 +105,26 @@ def token_logps(
     completion_len: int,
     temperature: float = 1.0,
     entropy: bool = False,
-) -> tuple[Tensor, Tensor | None]:
-    """Per-token log-probs [B, T] of the last T tokens given all before (and entropy [B, T]).
-
-    Position ids follow the attention mask, as in generate, so left padding does not shift them.
-    """
+    hidden: bool = False,
+) -> TokenLogps:
+    """Per-token log-probs [B, T] of the last T tokens given all before (optionally entropy and
+    hidden states). Position ids follow the attention mask, as in generate, so left padding does
+    not shift them."""
+    T = completion_len
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(
+    out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids,
-        logits_to_keep=completion_len + 1,
-    ).logits[:, :-1]  # [B, T, V]: position t predicts completion token t
+        logits_to_keep=T + 1,
+        output_hidden_states=hidden,
+    )
+    logits = out.logits[:, :-1]  # [B, T, V]: position t predicts completion token t
     logp_all = (logits.float() / temperature).log_softmax(-1)
-    targets = input_ids[:, -completion_len:]
-    logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    logp = logp_all.gather(-1, input_ids[:, -T:].unsqueeze(-1)).squeeze(-1)
     ent = None
     if entropy:
         with torch.no_grad():
             ent = -(logp_all.exp() * logp_all).sum(-1)
-    return logp, ent
+    states = out.hidden_states[-1][:, -T - 1 : -1] if hidden else None
+    return TokenLogps(logp, ent, states)

@@ -17,15 +17,20 @@ def random_batch(groups: int, k: int, T: int, seed: int = 0, dtype=torch.float64
     lengths = torch.randint(1, T + 1, (B,), generator=g)
     mask = (torch.arange(T)[None, :] < lengths[:, None]).to(dtype)
     rewards = torch.randint(0, 3, (B,), generator=g).to(dtype)
+    values = torch.randn(B, T, generator=g, dtype=dtype)
     batch = RolloutBatch(
         mask=mask,
         old_logp=old,
         rewards=rewards,
         group_ids=torch.arange(groups).repeat_interleave(k),
         ref_logp=ref,
+        values=values,
     )
     return batch, logp
 
 
-def output(logp) -> PolicyOutput:
-    return PolicyOutput(logp=logp, entropy=torch.zeros_like(logp))
+def output(logp, values=None) -> PolicyOutput:
+    """Policy output on a random batch; values move a little from the batch's old values."""
+    if values is None:
+        values = torch.cos(logp * 3)  # depends on logp, so masked/permuted inputs stay consistent
+    return PolicyOutput(logp=logp, entropy=torch.zeros_like(logp), values=values)

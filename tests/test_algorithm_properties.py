@@ -1,11 +1,12 @@
 """Property tests over every registered algorithm (generated from the registry)."""
 
+from dataclasses import replace
+
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from algorithms import ALGORITHMS
-from bench.batch import RolloutBatch
 from tests.helpers import output, random_batch
 
 NAMES = ALGORITHMS.names()
@@ -29,12 +30,11 @@ def test_masked_positions_do_not_matter(name, shape):
         * 5
     )
     off = 1 - batch.mask
-    changed = RolloutBatch(
-        mask=batch.mask,
+    changed = replace(
+        batch,
         old_logp=batch.old_logp + junk * off,
-        rewards=batch.rewards,
-        group_ids=batch.group_ids,
         ref_logp=batch.ref_logp - junk * off,
+        values=batch.values + junk * off,
     )
     loss2, _ = loss_of(name, changed, logp.detach() + junk * off)
     assert torch.allclose(loss, loss2, atol=1e-10)
@@ -61,13 +61,7 @@ def test_group_reward_shift_changes_nothing(name, shape, shift):
     G, k, T, seed = shape
     batch, logp = random_batch(G, k, T, seed)
     shifts = torch.linspace(-1, 1, G, dtype=logp.dtype) * shift  # a different constant per group
-    shifted = RolloutBatch(
-        mask=batch.mask,
-        old_logp=batch.old_logp,
-        rewards=batch.rewards + shifts[batch.group_ids],
-        group_ids=batch.group_ids,
-        ref_logp=batch.ref_logp,
-    )
+    shifted = replace(batch, rewards=batch.rewards + shifts[batch.group_ids])
     loss, _ = loss_of(name, batch, logp)
     loss2, _ = loss_of(name, shifted, logp)
     assert torch.allclose(loss, loss2, atol=1e-8)

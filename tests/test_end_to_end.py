@@ -1,17 +1,17 @@
 """End to end on the tiny model: a 3-step run of each algorithm -> MLflow -> report."""
 
 import json
+import math
 
 import pandas as pd
 import pytest
 import torch
 
 from algorithms import ALGORITHMS
-from bench.batch import RolloutBatch
 from bench.config import load_config
-from bench.loop import forward, train
+from bench.loop import make_batch, train, trainables, update
 from bench.models import build_tiny_model, build_tokenizer
-from bench.rollout import HFSampler, token_logps
+from bench.rollout import HFSampler
 from bench.tracking import client
 from reports.report import build_report
 from reports.summary import SUMMARY_COLUMNS
@@ -46,13 +46,15 @@ def test_each_run_logs_params_tags_metrics_artifacts(store, tmp_path):
             assert tag in run.data.tags
         steps = [m.step for m in c.get_metric_history(run.info.run_id, "eval/arithmetic/accuracy")]
         assert steps == [0, 2, 3]
-        assert len(c.get_metric_history(run.info.run_id, "train/loss")) == 3
+        losses = c.get_metric_history(run.info.run_id, "train/loss")
+        # a step whose groups all have equal rewards gives DPO no pair: skipped and counted
+        assert len(losses) + run.data.metrics["perf/empty_minibatches"] == 3 and losses
         for key in (
             "train/reward/mean",
             "train/grad_norm",
-            "train/kl_ref",
             "train/entropy",
             "perf/tokens_per_s",
+            "train/kl_ref",
             "response_length/mean",
             "perf/peak_rss_mb",
             "perf/tokens_generated",
@@ -80,34 +82,34 @@ def test_report_from_the_store(store, tmp_path):
 
 @pytest.mark.parametrize("name", ALGORITHMS.names())
 def test_contract_two_optimiser_steps_change_the_parameters(name):
+    """Through the loop's own make_batch/update, with the value head where one is needed."""
     algo = ALGORITHMS.get(name)
+    cfg = load_config("smoke", [f"algorithm={name}", "train.lr=1e-2", "sampling.max_new_tokens=4"])
     torch.manual_seed(0)
     tok = build_tokenizer()
-    from bench.config import ModelConfig
-
-    model = build_tiny_model(
-        ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), tok
-    ).eval()
-    before = [p.detach().clone() for p in model.parameters()]
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for step in range(2):
-        gen = HFSampler().generate(model, tok, ["1+2=", "3-1="], 4, 4)
-        with torch.no_grad():
-            old = token_logps(model, gen.input_ids, gen.attention_mask, 4)[0]
-        batch = RolloutBatch(
-            mask=gen.completion_mask.float(),
-            old_logp=old,
-            rewards=torch.arange(8, dtype=torch.float32) % 3,
-            group_ids=torch.arange(2).repeat_interleave(4),
-            ref_logp=old - 0.1 * step,
-            input_ids=gen.input_ids,
-            attention_mask=gen.attention_mask,
+    model = build_tiny_model(cfg.model, tok).eval()
+    reference = build_tiny_model(cfg.model, tok).eval()
+    value_head, opt, sched = trainables(model, algo, cfg)
+    trained = [p for g in opt.param_groups for p in g["params"]]
+    before = [p.detach().clone() for p in trained]
+    totals = {"tokens_trained": 0.0, "skipped_steps": 0.0, "empty_minibatches": 0.0}
+    for _ in range(2):
+        gen = HFSampler().generate(model, tok, ["1+2=", "3+1="], 4, 4)
+        rewards = torch.tensor([0.0, 1.0, 2.0, 0.0, 1.0, 0.0, 0.0, 3.0])  # a spread in every group
+        batch = make_batch(model, reference, value_head, algo, gen, rewards, 4, cfg)
+        metrics = update(
+            model,
+            value_head,
+            opt,
+            sched,
+            algo,
+            cfg.algo_config(),
+            batch,
+            cfg,
+            torch.Generator(),
+            totals,
         )
-        loss, _ = algo.loss(batch, forward(model, batch, 1.0), algo.config())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    changed = sum(
-        not torch.equal(a, b.detach()) for a, b in zip(before, model.parameters(), strict=False)
-    )
-    assert changed >= len(before) - 1  # every trained tensor moved
+        assert math.isfinite(metrics["train/loss"])
+    assert totals["skipped_steps"] == 0 and totals["empty_minibatches"] == 0
+    changed = sum(not torch.equal(a, b.detach()) for a, b in zip(before, trained, strict=True))
+    assert changed == len(trained)  # every trained tensor moved (value head included)

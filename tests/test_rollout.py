@@ -63,7 +63,7 @@ def test_sampler_groups_and_recomputed_logps_match_generate(tiny):
     new = out.sequences[:, enc["input_ids"].shape[1] :]
     scores = torch.stack(out.scores, 1).log_softmax(-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
     attn = torch.cat([enc["attention_mask"], torch.ones_like(new)], 1)
-    mine, ent = token_logps(model, out.sequences, attn, new.shape[1], entropy=True)
+    mine, ent, _ = token_logps(model, out.sequences, attn, new.shape[1], entropy=True)
     assert torch.allclose(mine, scores, atol=1e-5)
     assert ent.shape == mine.shape and (ent >= 0).all()
 
