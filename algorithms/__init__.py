@@ -22,11 +22,11 @@ LossFn = Callable[[RolloutBatch, PolicyOutput, Any], tuple[Tensor, dict[str, flo
 
 @dataclass(frozen=True)
 class Needs:
-    """What the loop must put in the batch for this algorithm."""
+    """What the loop must put in the batch for this algorithm (minibatches always hold whole
+    groups, so every algorithm sees the same minibatches)."""
 
     ref_logp: bool = False  # per-token log-probs of the frozen reference policy
     values: bool = False  # a value head on the policy (PPO)
-    whole_groups: bool = True  # minibatches contain whole groups of k completions
 
 
 @dataclass(frozen=True)

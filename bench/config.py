@@ -70,7 +70,7 @@ class TrackingConfig:
 
 @dataclass(frozen=True)
 class CompareConfig:
-    algorithms: list[str] = field(default_factory=lambda: ["gvpo", "grpo", "dr_grpo"])
+    algorithms: list[str] = field(default_factory=lambda: ["gvpo", "grpo", "dr_grpo", "dpo", "ppo"])
     seeds: int = 3  # seeds 0..N-1 per algorithm
 
 

@@ -1,0 +1,148 @@
+"""Throughput: this harness's GRPO step vs TRL's GRPOTrainer, and GVPO vs GRPO step time.
+
+Same tiny Qwen2 model (built from a config), same prompts, k, max_new_tokens and number of
+optimiser steps, fp32 on CPU, run one after the other in this process. A step is: sample k
+completions per prompt, score them, compute reference log-probs, one optimiser update.
+
+    python benchmarks/grpo_vs_trl.py [--steps 20] [--prompts 16] [--k 4] [--max-new-tokens 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("BENCH_PROGRESS", "0")
+
+import torch  # noqa: E402
+
+from algorithms import ALGORITHMS  # noqa: E402
+from bench.config import load_config  # noqa: E402
+from bench.loop import make_batch, trainables, update  # noqa: E402
+from bench.models import build_tiny_model, build_tokenizer  # noqa: E402
+from bench.rewards import score  # noqa: E402
+from bench.rollout import HFSampler  # noqa: E402
+from tasks import TASKS  # noqa: E402
+
+
+def ours(name: str, model_dir: str, prompts: list[dict], args) -> float:
+    """Seconds for args.steps steps of this harness's loop pieces (no eval, no tracking)."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = load_config(
+        "arithmetic",
+        [
+            f"algorithm={name}",
+            f"sampling.k={args.k}",
+            f"sampling.max_new_tokens={args.max_new_tokens}",
+            "train.lr=1e-5",
+        ],
+    )
+    tok = build_tokenizer()
+    policy = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    reference = AutoModelForCausalLM.from_pretrained(model_dir).eval().requires_grad_(False)
+    algo = ALGORITHMS.get(name)
+    task = TASKS.get("arithmetic")(cfg.task_config())
+    value_head, opt, sched = trainables(policy, algo, cfg)
+    totals = {"tokens_trained": 0.0, "skipped_steps": 0.0, "empty_minibatches": 0.0}
+    sampler, gen = HFSampler(), torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    for step in range(args.steps):
+        rows = prompts[(step * args.prompts) % len(prompts) :][: args.prompts]
+        rep = [r for r in rows for _ in range(args.k)]
+        g = sampler.generate(policy, tok, [r["prompt"] for r in rows], args.k, args.max_new_tokens)
+        rewards, _ = score(task.reward, [r["prompt"] for r in rep], g.texts, rep)
+        batch = make_batch(policy, reference, value_head, algo, g, rewards, args.k, cfg)
+        update(policy, value_head, opt, sched, algo, cfg.algo_config(), batch, cfg, gen, totals)
+    return time.perf_counter() - start
+
+
+def trl_grpo(model_dir: str, prompts: list[dict], args) -> float:
+    """Seconds for args.steps optimiser steps of TRL's GRPOTrainer.train() (init excluded)."""
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    task = TASKS.get("arithmetic")(TASKS.get("arithmetic").Config())
+
+    def reward(prompts, completions, answer, **_):
+        return task.reward(prompts, completions, answer=answer)
+
+    n = args.steps * args.prompts
+    data = [prompts[i % len(prompts)] for i in range(n)]
+    ds = Dataset.from_dict(
+        {"prompt": [r["prompt"] for r in data], "answer": [r["answer"] for r in data]}
+    )
+    cfg = GRPOConfig(
+        output_dir=tempfile.mkdtemp(),
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        loss_type="grpo",
+        beta=0.04,
+        epsilon=0.2,
+        use_bias_correction_kl=False,
+        scale_rewards="group",
+        num_generations=args.k,
+        per_device_train_batch_size=args.prompts * args.k,
+        max_completion_length=args.max_new_tokens,
+        max_steps=args.steps,
+        learning_rate=1e-5,
+        save_strategy="no",
+        logging_steps=10_000,
+        disable_tqdm=True,
+        shuffle_dataset=False,
+        top_k=0,
+        seed=0,
+    )
+    trainer = GRPOTrainer(model=model_dir, reward_funcs=reward, args=cfg, train_dataset=ds)
+    start = time.perf_counter()
+    trainer.train()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--prompts", type=int, default=16)
+    p.add_argument("--k", type=int, default=4)
+    p.add_argument("--max-new-tokens", type=int, default=6)
+    p.add_argument(
+        "--repeats", type=int, default=2, help="alternate ours/TRL this many times, keep the best"
+    )
+    args = p.parse_args()
+    cfg = load_config("arithmetic")
+    tok = build_tokenizer()
+    torch.manual_seed(0)
+    model_dir = tempfile.mkdtemp()
+    build_tiny_model(cfg.model, tok).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    prompts = TASKS.get("arithmetic")(cfg.task_config()).train_rows()
+    print(
+        f"threads={torch.get_num_threads()} steps={args.steps} prompts/step={args.prompts} k={args.k} "
+        f"max_new_tokens={args.max_new_tokens}"
+    )
+    times: dict[str, list[float]] = {"grpo": [], "trl_grpo": [], "gvpo": []}
+    for _ in range(args.repeats):  # interleaved, so drift in machine load hits both sides
+        times["grpo"].append(ours("grpo", model_dir, prompts, args))
+        times["trl_grpo"].append(trl_grpo(model_dir, prompts, args))
+        times["gvpo"].append(ours("gvpo", model_dir, prompts, args))
+    best = {k: min(v) for k, v in times.items()}
+    for k, v in best.items():
+        print(
+            f"{k:9s} {args.steps / v:6.2f} steps/s   ({v:.2f} s for {args.steps} steps; runs: "
+            + ", ".join(f"{t:.2f}" for t in times[k])
+            + ")"
+        )
+    print(f"ours/TRL GRPO throughput ratio: {best['trl_grpo'] / best['grpo']:.2f}x  (goal >= 2)")
+    print(f"GVPO/GRPO step-time ratio:      {best['gvpo'] / best['grpo']:.3f}  (goal <= 1.05)")
+
+
+if __name__ == "__main__":
+    main()
