@@ -15,12 +15,15 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 # torch==2.13.0 is pinned in pyproject.toml: pip takes the CPU build from local disk here.
+# pip's output goes to .venv/install.log (shown only if the install fails).
 $(VENV)/.core: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e .
+	@echo "installing gvpo-bench into $(VENV) (log: $(VENV)/install.log)"
+	@$(BIN)/python -m pip install -e . > $(VENV)/install.log 2>&1 || (tail -40 $(VENV)/install.log; exit 1)
 	touch $@
 
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	@echo "installing gvpo-bench[dev] into $(VENV) (log: $(VENV)/install.log)"
+	@$(BIN)/python -m pip install -e ".[dev]" > $(VENV)/install.log 2>&1 || (tail -40 $(VENV)/install.log; exit 1)
 	touch $@ $(VENV)/.core
 
 install: $(VENV)/.core

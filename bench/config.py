@@ -38,6 +38,9 @@ class SamplingConfig:
     max_new_tokens: int = 6  # completion budget; longer completions are cut (clip_ratio)
     temperature: float = 1.0  # sampling temperature of rollouts
     top_p: float = 1.0  # nucleus sampling of rollouts
+    source: Literal["policy", "dataset"] = (
+        "policy"  # dataset = the task's preference pairs (offline, k=2)
+    )
 
 
 @dataclass(frozen=True)
@@ -90,8 +93,14 @@ class RunConfig:
     tasks: dict[str, dict] = field(default_factory=dict)  # per-task settings
 
     @property
+    def label(self) -> str:
+        """The algorithm, plus the rollout source when it is not the policy (e.g. dpo[dataset])."""
+        src = self.sampling.source
+        return self.algorithm if src == "policy" else f"{self.algorithm}[{src}]"
+
+    @property
     def name(self) -> str:
-        return self.run_name or f"{self.task}__{self.algorithm}__{self.seed}"
+        return self.run_name or f"{self.task}__{self.label}__{self.seed}"
 
     def algo_config(self) -> Any:
         from algorithms import ALGORITHMS
@@ -298,6 +307,20 @@ def _check_registered(cfg: RunConfig, src: _Source) -> None:
             build_dataclass(getattr(reg.get(name), attr), values, (section, name), src)
 
 
+def _check_consistent(cfg: RunConfig, src: _Source) -> None:
+    if cfg.sampling.source == "dataset" and cfg.sampling.k != 2:
+        raise BenchError(
+            f"{src.of(('sampling', 'k'))}: sampling.source=dataset gives preference pairs: set sampling.k=2"
+        )
+    for key in ("k", "max_new_tokens"):
+        if getattr(cfg.sampling, key) < 1:
+            raise BenchError(f"{src.of(('sampling', key))}: 'sampling.{key}' must be >= 1")
+    if cfg.sampling.k < 2:
+        raise BenchError(
+            f"{src.of(('sampling', 'k'))}: group-based algorithms need sampling.k >= 2"
+        )
+
+
 def load_config(
     preset: str | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> RunConfig:
@@ -308,12 +331,18 @@ def load_config(
         _apply_override(data, text, src)
     cfg = build_dataclass(RunConfig, data, (), src)
     _check_registered(cfg, src)
+    _check_consistent(cfg, src)
     return cfg
 
 
 def flatten(cfg: RunConfig) -> dict[str, Any]:
     """Flat params for MLflow: the selected algorithm's and task's settings, not the others'."""
-    out: dict[str, Any] = {"algorithm": cfg.algorithm, "task": cfg.task, "seed": cfg.seed}
+    out: dict[str, Any] = {
+        "algorithm": cfg.algorithm,
+        "task": cfg.task,
+        "seed": cfg.seed,
+        "label": cfg.label,
+    }
     for section in ("model", "sampling", "train", "eval"):
         for k, v in dataclasses.asdict(getattr(cfg, section)).items():
             out[f"{section}.{k}"] = v

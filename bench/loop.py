@@ -23,7 +23,7 @@ from bench.evaluate import evaluate
 from bench.models import load_policy, n_params
 from bench.progress import bar
 from bench.rewards import score
-from bench.rollout import HFSampler, Sampler, token_logps
+from bench.rollout import HFSampler, PreferencePairs, Sampler, token_logps
 from bench.tracking import Tracker, resolve_uri
 from tasks import TASKS
 
@@ -169,6 +169,9 @@ def train(cfg: RunConfig, sampler: Sampler | None = None, tracking_uri: str | No
     algo_cfg = cfg.algo_config()
     task = TASKS.get(cfg.task)(cfg.task_config())
     sampler = sampler or HFSampler()
+    offline = cfg.sampling.source == "dataset"  # offline preference pairs instead of sampling
+    train_rows = task.preference_rows() if offline else task.train_rows()
+    source = PreferencePairs(train_rows) if offline else sampler
     policy, tokenizer, info = load_policy(cfg.model, task)
     seed_all(cfg.seed)
     reference = copy.deepcopy(policy).eval().requires_grad_(False)
@@ -188,7 +191,7 @@ def train(cfg: RunConfig, sampler: Sampler | None = None, tracking_uri: str | No
     )
     tracker.log_text(to_yaml(cfg), "config.yaml")
     k, T = cfg.sampling.k, cfg.sampling.max_new_tokens
-    stream = prompt_stream(task.train_rows(), cfg.train.prompts_per_step, cfg.seed)
+    stream = prompt_stream(train_rows, cfg.train.prompts_per_step, cfg.seed)
     mb_gen = torch.Generator().manual_seed(cfg.seed)
     samples: list[str] = []
     totals = {
@@ -216,7 +219,7 @@ def train(cfg: RunConfig, sampler: Sampler | None = None, tracking_uri: str | No
                 t0 = time.time()
                 rows = [r for r in next(stream) for _ in range(k)]  # each prompt k times
                 prompts = [r["prompt"] for r in rows]
-                gen = sampler.generate(
+                gen = source.generate(
                     policy,
                     tokenizer,
                     prompts[::k],
@@ -225,7 +228,11 @@ def train(cfg: RunConfig, sampler: Sampler | None = None, tracking_uri: str | No
                     cfg.sampling.temperature,
                     cfg.sampling.top_p,
                 )
-                rewards, n_none = score(task.reward, prompts, gen.texts, rows)
+                rewards, n_none = (
+                    (gen.rewards, 0)
+                    if gen.rewards is not None
+                    else score(task.reward, prompts, gen.texts, rows)
+                )
                 batch = make_batch(policy, reference, value_head, algo, gen, rewards, k, cfg)
                 metrics = update(
                     policy, value_head, opt, sched, algo, algo_cfg, batch, cfg, mb_gen, totals

@@ -22,6 +22,9 @@ class Generation:
     completion_mask: Tensor  # [N, T] 1 up to and including the first EOS
     texts: list[str]  # decoded completions, special tokens removed
     truncated: Tensor  # [N] bool: no EOS within the budget
+    rewards: Tensor | None = (
+        None  # [N] set by offline sources (preference pairs: 1 chosen, 0 rejected)
+    )
 
     @property
     def input_ids(self) -> Tensor:  # [N, P+T]
@@ -90,6 +93,48 @@ class HFSampler:
             completion_ids * mask + pad * (1 - mask), skip_special_tokens=True
         )
         return Generation(prompt_ids, prompt_mask, completion_ids, mask, texts, truncated)
+
+
+def tokenize_completions(
+    tokenizer, texts: list[str], max_new_tokens: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Given completion texts -> (ids [N, T] + EOS, right-padded, mask [N, T], truncated [N])."""
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    rows = [tokenizer(t, add_special_tokens=False)["input_ids"] + [eos] for t in texts]
+    truncated = torch.tensor([len(r) > max_new_tokens for r in rows])
+    rows = [r[:max_new_tokens] + [pad] * (max_new_tokens - len(r[:max_new_tokens])) for r in rows]
+    ids = torch.tensor(rows, dtype=torch.long)
+    mask, _ = completion_mask(ids, eos)
+    mask = mask * (ids != pad).long()
+    return ids, mask, truncated
+
+
+class PreferencePairs:
+    """Offline source: each prompt's completions are its data set pair, chosen then rejected
+    (k must be 2), with rewards 1 and 0. Used for offline DPO; no sampling happens."""
+
+    def __init__(self, rows: list[dict]):
+        self.pairs = {r["prompt"]: (r["chosen"], r["rejected"]) for r in rows}
+
+    def generate(
+        self, model, tokenizer, prompts, k, max_new_tokens, temperature=1.0, top_p=1.0, greedy=False
+    ):
+        if k != 2:
+            raise ValueError(
+                "preference pairs give exactly 2 completions per prompt (set sampling.k=2)"
+            )
+        texts = [t for p in prompts for t in self.pairs[p]]
+        enc = tokenizer(prompts, padding=True, return_tensors="pt", add_special_tokens=False)
+        ids, mask, truncated = tokenize_completions(tokenizer, texts, max_new_tokens)
+        return Generation(
+            enc["input_ids"].repeat_interleave(2, dim=0),
+            enc["attention_mask"].repeat_interleave(2, dim=0),
+            ids,
+            mask,
+            texts,
+            truncated,
+            rewards=torch.tensor([1.0, 0.0] * len(prompts)),
+        )
 
 
 class TokenLogps(NamedTuple):

@@ -65,10 +65,9 @@ def build_report(
         .last()
         .unstack()
     )
-    perf = (
-        perf.join(runs.set_index("run_id")[["params.algorithm"]]).groupby("params.algorithm").mean()
-    )
-    perf = perf.reset_index().rename(columns={"params.algorithm": "algorithm"})
+    by_label = runs.set_index("run_id")[["params.label"]]
+    perf = perf.join(by_label).groupby("params.label").mean()
+    perf = perf.reset_index().rename(columns={"params.label": "algorithm"})
     text = [
         f"# Report: {experiment}",
         "",

@@ -22,11 +22,17 @@ SUMMARY_COLUMNS = [
 
 
 def latest_finished(runs: pd.DataFrame) -> pd.DataFrame:
-    """Finished runs, keeping the newest per (task, algorithm, seed): re-runs replace old ones."""
-    done = runs[runs["status"] == "FINISHED"]
-    return done.sort_values("start_time").drop_duplicates(
-        ["params.task", "params.algorithm", "params.seed"], keep="last"
-    )
+    """Finished runs, keeping the newest per (task, label, seed): re-runs replace old ones.
+
+    ``label`` is the algorithm plus its rollout source when that is not the policy
+    (``dpo[dataset]``); runs logged without it fall back to the algorithm name.
+    """
+    done = runs[runs["status"] == "FINISHED"].copy()
+    if "params.label" not in done:
+        done["params.label"] = None
+    done["params.label"] = done["params.label"].fillna(done["params.algorithm"])
+    keys = ["params.task", "params.label", "params.seed"]
+    return done.sort_values("start_time").drop_duplicates(keys, keep="last")
 
 
 def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float, float]:
@@ -55,7 +61,7 @@ def base_values(history: pd.DataFrame, key: str) -> pd.Series:
 def summarize(runs: pd.DataFrame, history: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     """One row per algorithm x task x metric. ``metrics`` are short names (eval/<task>/<name>)."""
     rows = []
-    for (task, algo), group in runs.groupby(["params.task", "params.algorithm"]):
+    for (task, algo), group in runs.groupby(["params.task", "params.label"]):
         ids = group["run_id"]
         for metric in metrics:
             key = f"eval/{task}/{metric}"
@@ -82,9 +88,9 @@ def summarize(runs: pd.DataFrame, history: pd.DataFrame, metrics: list[str]) -> 
 
 def curves(runs: pd.DataFrame, history: pd.DataFrame, key: str) -> pd.DataFrame:
     """Mean and std over seeds at each step: columns algorithm, step, mean, std, n."""
-    h = history[history["key"] == key].merge(runs[["run_id", "params.algorithm"]], on="run_id")
-    g = h.groupby(["params.algorithm", "step"])["value"]
+    h = history[history["key"] == key].merge(runs[["run_id", "params.label"]], on="run_id")
+    g = h.groupby(["params.label", "step"])["value"]
     out = pd.DataFrame(
         {"mean": g.mean(), "std": g.std(ddof=1).fillna(0.0), "n": g.count()}
     ).reset_index()
-    return out.rename(columns={"params.algorithm": "algorithm"})
+    return out.rename(columns={"params.label": "algorithm"})

@@ -46,6 +46,12 @@ class Task:
             out.append(None if ok is None else float(ok))
         return out
 
+    def preference_rows(self) -> list[dict]:
+        """Offline preference pairs: rows with "prompt", "chosen", "rejected" (sampling.source=dataset)."""
+        from bench.errors import BenchError
+
+        raise BenchError(f"task '{self.name}' has no preference pairs for sampling.source=dataset")
+
     def sft_examples(self) -> list[tuple[str, str]]:
         """(prompt, target completion) pairs for the supervised warm start."""
         raise NotImplementedError

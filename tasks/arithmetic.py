@@ -65,5 +65,17 @@ class Arithmetic(Task):
         m = _INT.match(completion)
         return m is not None and m.group(1) == row["answer"]
 
+    def preference_rows(self) -> list[dict]:
+        """Chosen = the right answer, rejected = a near miss (off by 1-3), fixed by data_seed."""
+        rng = random.Random(self.cfg.data_seed + 1)
+        return [
+            {
+                **r,
+                "chosen": r["answer"],
+                "rejected": str(int(r["answer"]) + rng.choice([-3, -2, -1, 1, 2, 3])),
+            }
+            for r in self._train
+        ]
+
     def sft_examples(self) -> list[tuple[str, str]]:
         return [(r["prompt"], r["answer"]) for r in self._train]

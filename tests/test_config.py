@@ -74,3 +74,16 @@ def test_unknown_preset_suggests():
     ):
         load_config("arithmetik")
     assert "arithmetic" in preset_names()
+
+
+def test_offline_source_needs_pairs():
+    with pytest.raises(
+        BenchError, match="sampling.source=dataset gives preference pairs: set sampling.k=2"
+    ):
+        load_config("arithmetic", ["sampling.source=dataset"])
+    cfg = load_config("offline_dpo")
+    assert (
+        cfg.sampling.k == 2
+        and cfg.name == "arithmetic__dpo[dataset]__0"
+        and cfg.label == "dpo[dataset]"
+    )

@@ -26,6 +26,13 @@ def store(tmp_path_factory):
     for name in ALGORITHMS.names():
         cfg = load_config("smoke", [f"algorithm={name}", "tracking.experiment=e2e"])
         finals[name] = train(cfg, tracking_uri=uri)
+    offline = [
+        "algorithm=dpo",
+        "sampling.source=dataset",
+        "sampling.k=2",
+        "tracking.experiment=e2e",
+    ]
+    finals["dpo[dataset]"] = train(load_config("smoke", offline), tracking_uri=uri)
     return uri, finals
 
 
@@ -35,7 +42,7 @@ def test_each_run_logs_params_tags_metrics_artifacts(store, tmp_path):
     for name, final in finals.items():
         run = c.get_run(final["run_id"])
         assert run.info.status == "FINISHED" and run.info.run_name == f"arithmetic__{name}__0"
-        assert run.data.params["algorithm"] == name and run.data.params["train.steps"] == "3"
+        assert run.data.params["label"] == name and run.data.params["train.steps"] == "3"
         for tag in (
             "git.sha",
             "git.dirty",
@@ -47,6 +54,8 @@ def test_each_run_logs_params_tags_metrics_artifacts(store, tmp_path):
         steps = [m.step for m in c.get_metric_history(run.info.run_id, "eval/arithmetic/accuracy")]
         assert steps == [0, 2, 3]
         losses = c.get_metric_history(run.info.run_id, "train/loss")
+        if name == "dpo[dataset]":  # offline pairs always have a reward spread
+            assert len(losses) == 3 and run.data.metrics["dpo/pairs"] == 4
         # a step whose groups all have equal rewards gives DPO no pair: skipped and counted
         assert len(losses) + run.data.metrics["perf/empty_minibatches"] == 3 and losses
         for key in (
@@ -74,7 +83,10 @@ def test_report_from_the_store(store, tmp_path):
     summary = pd.read_csv(tmp_path / "rep" / "summary.csv")
     assert list(summary.columns) == SUMMARY_COLUMNS
     acc = summary[summary.metric == "accuracy"]
-    assert sorted(acc.algorithm) == ALGORITHMS.names() and (acc.n_seeds == 1).all()
+    assert (
+        sorted(acc.algorithm) == sorted([*ALGORITHMS.names(), "dpo[dataset]"])
+        and (acc.n_seeds == 1).all()
+    )
     assert (tmp_path / "rep" / "learning_curves.png").stat().st_size > 10_000
     text = result["report"].read_text()
     assert "learning_curves.png" in text and "| gvpo | arithmetic |" in text

@@ -85,3 +85,29 @@ def test_unscorable_rewards_are_counted_not_silent():
     assert rewards.tolist() == [1.0, 0.0, 0.0] and n_none == 1
     with pytest.raises(ValueError, match="returned 1 values for 2"):
         score(lambda p, c, **kw: [1.0], ["p", "p"], ["a", "b"], [{"prompt": "p"}] * 2)
+
+
+def test_preference_pairs_source():
+    from bench.rollout import PreferencePairs
+
+    tok = build_tokenizer()
+    src = PreferencePairs(
+        [
+            {"prompt": "1+2=", "chosen": "3", "rejected": "4"},
+            {"prompt": "9+9=", "chosen": "18", "rejected": "17"},
+        ]
+    )
+    gen = src.generate(None, tok, ["9+9=", "1+2="], 2, 4)
+    assert gen.texts == ["18", "17", "3", "4"] and gen.rewards.tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert gen.completion_mask.tolist() == [[1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 0, 0]]
+    assert gen.completion_ids[2, 1].item() == tok.eos_token_id
+    with pytest.raises(ValueError, match="sampling.k=2"):
+        src.generate(None, tok, ["1+2="], 4, 4)
+
+
+def test_arithmetic_preference_pairs_are_right_vs_near_miss():
+    from tasks import TASKS
+
+    task = TASKS.get("arithmetic")(TASKS.get("arithmetic").Config())
+    for r in task.preference_rows()[:50]:
+        assert r["chosen"] == r["answer"] and 1 <= abs(int(r["rejected"]) - int(r["answer"])) <= 3
