@@ -110,18 +110,18 @@ def compare(
 
 
 def _print_summary(summary) -> None:
-    table = Table(title="final eval (mean over seeds, 95% CI)")
-    for col in ("task", "algorithm", "metric", "n", "mean", "std", "95% CI", "base"):
+    table = Table(title="final eval: mean ± std over seeds, 95% CI; base = warm-start model")
+    for col in ("task", "algorithm", "metric", "n", "mean ± std", "95% CI", "base"):
         table.add_column(col)
     for r in summary[summary.metric.isin(["accuracy", "avg_at_k"])].itertuples():
+        ci = f"{r.ci_low:.3f}-{r.ci_high:.3f}" if r.n_seeds > 1 else "-"
         table.add_row(
             r.task,
             r.algorithm,
             r.metric,
             str(r.n_seeds),
-            f"{r.mean:.3f}",
-            f"{r.std:.3f}",
-            f"[{r.ci_low:.3f}, {r.ci_high:.3f}]",
+            f"{r.mean:.3f} ± {r.std:.3f}",
+            ci,
             f"{r.base_value:.3f}",
         )
     console.print(table)

@@ -38,9 +38,8 @@ class SamplingConfig:
     max_new_tokens: int = 6  # completion budget; longer completions are cut (clip_ratio)
     temperature: float = 1.0  # sampling temperature of rollouts
     top_p: float = 1.0  # nucleus sampling of rollouts
-    source: Literal["policy", "dataset"] = (
-        "policy"  # dataset = the task's preference pairs (offline, k=2)
-    )
+    # where completions come from: the policy, or the task's preference pairs (offline, k=2)
+    source: Literal["policy", "dataset"] = "policy"
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,24 @@ def completion_mask(ids: Tensor, eos_id: int) -> tuple[Tensor, Tensor]:
     return (~seen_before).long(), ~is_eos.any(dim=1)
 
 
+def _prompts(tokenizer, prompts: list[str], k: int) -> tuple[Tensor, Tensor]:
+    """Left-padded prompt ids and mask [N, P], each prompt repeated k times (one group)."""
+    enc = tokenizer(prompts, padding=True, return_tensors="pt", add_special_tokens=False)
+    return enc["input_ids"].repeat_interleave(k, dim=0), enc["attention_mask"].repeat_interleave(
+        k, dim=0
+    )
+
+
+def _finish(tokenizer, prompt_ids, prompt_mask, new_ids: Tensor, max_new_tokens: int) -> Generation:
+    """Pad sampled ids to max_new_tokens, mask after the first EOS, decode."""
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    ids = torch.nn.functional.pad(new_ids, (0, max_new_tokens - new_ids.shape[1]), value=pad)
+    mask, truncated = completion_mask(ids, eos)
+    ids = ids.masked_fill(mask == 0, pad)
+    texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
+    return Generation(prompt_ids, prompt_mask, ids, mask, texts, truncated)
+
+
 class HFSampler:
     """Batched sampling with ``model.generate`` (KV cache, temperature, top_p, stop at EOS)."""
 
@@ -66,10 +84,7 @@ class HFSampler:
     def generate(
         self, model, tokenizer, prompts, k, max_new_tokens, temperature=1.0, top_p=1.0, greedy=False
     ):
-        enc = tokenizer(prompts, padding=True, return_tensors="pt", add_special_tokens=False)
-        prompt_ids = enc["input_ids"].repeat_interleave(k, dim=0)
-        prompt_mask = enc["attention_mask"].repeat_interleave(k, dim=0)
-        pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+        prompt_ids, prompt_mask = _prompts(tokenizer, prompts, k)
         chunks = []
         for s in range(0, prompt_ids.shape[0], self.batch_size):
             out = model.generate(
@@ -80,19 +95,16 @@ class HFSampler:
                 top_p=top_p if not greedy else None,
                 top_k=0 if not greedy else None,  # HF's default top_k=50 would change the policy
                 max_new_tokens=max_new_tokens,
-                pad_token_id=pad,
-                eos_token_id=eos,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
             )
-            gen = out[:, prompt_ids.shape[1] :]
-            gen = torch.nn.functional.pad(gen, (0, max_new_tokens - gen.shape[1]), value=pad)
-            chunks.append(gen)
-        completion_ids = torch.cat(chunks)
-        mask, truncated = completion_mask(completion_ids, eos)
-        completion_ids = completion_ids.masked_fill(mask == 0, pad)
-        texts = tokenizer.batch_decode(
-            completion_ids * mask + pad * (1 - mask), skip_special_tokens=True
-        )
-        return Generation(prompt_ids, prompt_mask, completion_ids, mask, texts, truncated)
+            new = out[:, prompt_ids.shape[1] :]
+            chunks.append(
+                torch.nn.functional.pad(
+                    new, (0, max_new_tokens - new.shape[1]), value=tokenizer.pad_token_id
+                )
+            )
+        return _finish(tokenizer, prompt_ids, prompt_mask, torch.cat(chunks), max_new_tokens)
 
 
 def tokenize_completions(
