@@ -109,6 +109,49 @@ def compare(
         raise typer.Exit(1)
 
 
+@app.command()
+@user_errors
+def theory(
+    args: Annotated[
+        list[str] | None, typer.Argument(help="[PRESET] then key=value overrides")
+    ] = None,
+    sources: Annotated[
+        str, typer.Option(help="comma-separated sampling sources")
+    ] = "policy,reference,uniform,mixture",
+    seeds: Annotated[int, typer.Option(help="seeds 0..N-1 per algorithm and source")] = 2,
+    workers: Annotated[int, typer.Option(help="parallel runs (local processes)")] = 2,
+    tracking_uri: TrackingUri = None,
+):
+    """Each algorithm's fixed point on the bandit under each sampling source: bench theory."""
+    from bench.compare import run_all, theory_plan
+    from bench.config import load_config
+    from reports.theory import build_theory_report
+
+    preset, overrides = _split(args, "bandit")
+    names = [x.strip() for x in sources.split(",") if x.strip()]
+    cfgs = [
+        load_config(preset, [*overrides, f"sampling.source={src}"]) for src in names
+    ]  # validates each
+    cfg = cfgs[0]
+    runs = theory_plan(cfg, cfg.compare.algorithms, names, seeds, threads=1 if workers > 1 else 0)
+    outcomes = run_all(runs, workers, tracking_uri)
+    result = build_theory_report(cfg.tracking.experiment, tracking_uri)
+    tv = result["tv"][[c for c in result["tv"].columns if not c.endswith("(std)")]]
+    table = Table(title="final TV(pi, pi*), mean over seeds, by sampling source")
+    for col in tv.columns:
+        table.add_column(col.replace(" (mean)", ""))
+    for row in tv.itertuples(index=False):
+        table.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row])
+    console.print(table)
+    console.print(f"report: {result['report']}")
+    failed = [o for o in outcomes if o.error]
+    if failed:
+        console.print(
+            f"[red]{len(failed)} run(s) failed:[/red] {', '.join(o.name for o in failed)}"
+        )
+        raise typer.Exit(1)
+
+
 def _print_summary(summary) -> None:
     table = Table(title="final eval: mean ± std over seeds, 95% CI; base = warm-start model")
     for col in ("task", "algorithm", "metric", "n", "mean ± std", "95% CI", "base"):

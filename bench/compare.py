@@ -28,6 +28,17 @@ def plan(cfg: RunConfig, algorithms: list[str], seeds: int, threads: int) -> lis
     ]
 
 
+def theory_plan(
+    cfg: RunConfig, algorithms: list[str], sources: list[str], seeds: int, threads: int
+) -> list[RunConfig]:
+    """algorithm x sampling source x seed on one preset (the bandit)."""
+    return [
+        dataclasses.replace(c, sampling=dataclasses.replace(c.sampling, source=src))
+        for c in plan(cfg, algorithms, seeds, threads)
+        for src in sources
+    ]
+
+
 def _run_one(cfg: RunConfig, tracking_uri: str | None) -> dict:
     from bench.loop import train
 

@@ -38,16 +38,22 @@ class SamplingConfig:
     max_new_tokens: int = 6  # completion budget; longer completions are cut (clip_ratio)
     temperature: float = 1.0  # sampling temperature of rollouts
     top_p: float = 1.0  # nucleus sampling of rollouts
-    # where completions come from: the policy, or the task's preference pairs (offline, k=2)
-    source: Literal["policy", "dataset"] = "policy"
+    # where completions come from (bench/sources.py); dataset = the task's preference pairs (k=2)
+    source: Literal["policy", "reference", "mixture", "uniform", "dataset"] = "policy"
+    mixture: float = 0.5  # source=mixture: share of each group drawn from the reference
+    replay_ratio: float = 0.0  # share of each group taken from earlier completions of the prompt
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     steps: int = 40  # rollout batches (one optimiser update each unless epochs/minibatches > 1)
     prompts_per_step: int = 16  # prompts per rollout batch (B = prompts_per_step * k)
-    lr: float = 2e-4  # AdamW learning rate, constant after warm-up
+    optimizer: Literal["adamw", "sgd"] = "adamw"  # sgd: plain gradient steps (tabular fixed points)
+    lr: float = 2e-4  # learning rate, constant after warm-up unless schedule says otherwise
     warmup_steps: int = 0  # linear learning-rate warm-up, in optimiser steps
+    schedule: Literal["constant", "linear"] = (
+        "constant"  # after warm-up: constant, or linear decay to 0
+    )
     weight_decay: float = 0.0  # AdamW weight decay
     max_grad_norm: float = 1.0  # gradient clipping (norm logged before clipping)
     epochs: int = 1  # passes over each rollout batch
@@ -314,6 +320,10 @@ def _check_consistent(cfg: RunConfig, src: _Source) -> None:
     for key in ("k", "max_new_tokens"):
         if getattr(cfg.sampling, key) < 1:
             raise BenchError(f"{src.of(('sampling', key))}: 'sampling.{key}' must be >= 1")
+    if not 0 <= cfg.sampling.replay_ratio < 1 or not 0 <= cfg.sampling.mixture <= 1:
+        raise BenchError(
+            f"{src.of(('sampling',))}: sampling.replay_ratio must be in [0, 1) and sampling.mixture in [0, 1]"
+        )
     if cfg.sampling.k < 2:
         raise BenchError(
             f"{src.of(('sampling', 'k'))}: group-based algorithms need sampling.k >= 2"

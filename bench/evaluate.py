@@ -48,4 +48,5 @@ def evaluate(
             "maj_at_k": sum(bool(m) for m in maj) / len(rows),
         }
     metrics["unscorable"] = float(unscorable)
+    metrics |= task.policy_metrics(model)
     return {f"eval/{task.name}/{k}": v for k, v in metrics.items()}

@@ -24,6 +24,7 @@ from bench.models import load_policy, n_params
 from bench.progress import bar
 from bench.rewards import score
 from bench.rollout import HFSampler, PreferencePairs, Sampler, token_logps
+from bench.sources import Rollouts
 from bench.tracking import Tracker, resolve_uri
 from tasks import TASKS
 
@@ -81,13 +82,15 @@ def make_batch(
     """Rollouts -> RolloutBatch with what the algorithm declared it needs."""
     T, temp = cfg.sampling.max_new_tokens, cfg.sampling.temperature
     ids, attn = gen.input_ids, gen.attention_mask
-    old = values = ref = None
+    old = gen.behaviour_logp  # off-policy rows: the log-probs they were drawn with
+    values = ref = None
     with torch.no_grad():
         # With one update per rollout batch the policy has not moved when the loss is taken, so
         # the first forward's log-probs (and values) are the behaviour ones: ``update`` fills them.
+        # Off-policy rows come with their behaviour log-probs; values are the current critic's.
         if cfg.train.epochs * cfg.train.minibatches > 1:
             res = token_logps(policy, ids, attn, T, temp, hidden=value_head is not None)
-            old = res.logp
+            old = res.logp if old is None else old
             values = value_head(res.hidden).squeeze(-1) if value_head is not None else None
         if algo.needs.ref_logp:
             ref = token_logps(reference, ids, attn, T, temp).logp
@@ -119,8 +122,9 @@ def update(
                     continue
             out = forward(policy, mb, cfg.sampling.temperature, value_head)
             if mb.old_logp is None:
-                values = out.values.detach() if out.values is not None else None
-                mb = dataclasses.replace(mb, old_logp=out.logp.detach(), values=values)
+                mb = dataclasses.replace(mb, old_logp=out.logp.detach())
+            if mb.values is None and out.values is not None:
+                mb = dataclasses.replace(mb, values=out.values.detach())
             loss, m = algo.loss(mb, out, algo_cfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -146,18 +150,28 @@ def update(
 
 
 def trainables(policy, algo: Algorithm, cfg: RunConfig):
-    """(value head or None, AdamW over everything trained, linear warm-up schedule)."""
+    """(value head or None, the optimiser over everything trained, the lr schedule)."""
     value_head = None
     if algo.needs.values:  # a linear value head on the policy's last hidden state (shared backbone)
         value_head = torch.nn.Linear(policy.config.hidden_size, 1)
         torch.nn.init.zeros_(value_head.weight)
         torch.nn.init.zeros_(value_head.bias)
     params = list(policy.parameters()) + (list(value_head.parameters()) if value_head else [])
-    opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    if cfg.train.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     warm = max(cfg.train.warmup_steps, 0)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0
-    )
+    total = max(cfg.train.steps * cfg.train.epochs * cfg.train.minibatches, 1)
+
+    def factor(step: int) -> float:  # step = optimiser steps taken so far
+        if warm and step < warm:
+            return (step + 1) / warm
+        if cfg.train.schedule == "linear":
+            return max(0.0, 1 - (step - warm) / max(total - warm, 1))
+        return 1.0
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     return value_head, opt, sched
 
 
@@ -171,10 +185,13 @@ def train(cfg: RunConfig, sampler: Sampler | None = None, tracking_uri: str | No
     sampler = sampler or HFSampler()
     offline = cfg.sampling.source == "dataset"  # offline preference pairs instead of sampling
     train_rows = task.preference_rows() if offline else task.train_rows()
-    source = PreferencePairs(train_rows) if offline else sampler
     policy, tokenizer, info = load_policy(cfg.model, task)
     seed_all(cfg.seed)
     reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    if offline:
+        source = PreferencePairs(train_rows, cfg.sampling.max_new_tokens)
+    else:
+        source = Rollouts(cfg, task, sampler, reference, cfg.seed)
     value_head, opt, sched = trainables(policy, algo, cfg)
     tags = {
         "task_version": task.version,
@@ -190,7 +207,7 @@ def train(cfg: RunConfig, sampler: Sampler | None = None, tracking_uri: str | No
         tags,
     )
     tracker.log_text(to_yaml(cfg), "config.yaml")
-    k, T = cfg.sampling.k, cfg.sampling.max_new_tokens
+    k = cfg.sampling.k
     stream = prompt_stream(train_rows, cfg.train.prompts_per_step, cfg.seed)
     mb_gen = torch.Generator().manual_seed(cfg.seed)
     samples: list[str] = []
@@ -209,6 +226,7 @@ def train(cfg: RunConfig, sampler: Sampler | None = None, tracking_uri: str | No
             policy, tokenizer, task, sampler, cfg.eval, cfg.sampling, seed=10_000 + cfg.seed
         )
         tracker.log_metrics(m, step)
+        tracker.flush()  # eval points show up in the MLflow UI as soon as they exist
         final.update(m)
 
     try:
@@ -219,15 +237,7 @@ def train(cfg: RunConfig, sampler: Sampler | None = None, tracking_uri: str | No
                 t0 = time.time()
                 rows = [r for r in next(stream) for _ in range(k)]  # each prompt k times
                 prompts = [r["prompt"] for r in rows]
-                gen = source.generate(
-                    policy,
-                    tokenizer,
-                    prompts[::k],
-                    k,
-                    T,
-                    cfg.sampling.temperature,
-                    cfg.sampling.top_p,
-                )
+                gen = source.draw(policy, tokenizer, prompts[::k])
                 rewards, n_none = (
                     (gen.rewards, 0)
                     if gen.rewards is not None

@@ -136,7 +136,16 @@ def warm_start(model, tokenizer, task, cfg: ModelConfig) -> list[float]:
 
 
 def load_policy(cfg: ModelConfig, task):
-    """(model, tokenizer, info): the warm-started policy, from the cache when it is there."""
+    """(model, tokenizer, info): the warm-started policy, from the cache when it is there.
+
+    ``name_or_path=task`` asks the task for its own policy (e.g. the bandit's softmax table)."""
+    if cfg.name_or_path == "task":
+        if not hasattr(task, "build_policy"):
+            raise BenchError(
+                f"model.name_or_path=task: task '{task.name}' has no policy of its own"
+            )
+        model, tok = task.build_policy()
+        return model, tok, {"cache": "", "cached": False}
     if cfg.warmstart_steps <= 0:
         if cfg.name_or_path == "tiny":
             tok = build_tokenizer()

@@ -22,9 +22,18 @@ class Generation:
     completion_mask: Tensor  # [N, T] 1 up to and including the first EOS
     texts: list[str]  # decoded completions, special tokens removed
     truncated: Tensor  # [N] bool: no EOS within the budget
-    rewards: Tensor | None = (
-        None  # [N] set by offline sources (preference pairs: 1 chosen, 0 rejected)
-    )
+    rewards: Tensor | None = None  # [N] set by offline sources (pairs: 1 chosen, 0 rejected)
+    behaviour_logp: Tensor | None = None  # [N, T] log-probs of the distribution that drew each
+    # row, when it is not simply the current policy (reference, uniform, mixture, replay)
+
+    def rows(self, idx: Tensor) -> Generation:
+        """The rows ``idx`` of every per-row field."""
+        return Generation(**{f: _take(getattr(self, f), idx) for f in _ROW_FIELDS})
+
+    @staticmethod
+    def cat(parts: list[Generation]) -> Generation:
+        """Rows of several generations (same prompt tokenization and completion length) stacked."""
+        return Generation(**{f: _join([getattr(p, f) for p in parts]) for f in _ROW_FIELDS})
 
     @property
     def input_ids(self) -> Tensor:  # [N, P+T]
@@ -33,6 +42,23 @@ class Generation:
     @property
     def attention_mask(self) -> Tensor:  # [N, P+T]
         return torch.cat([self.prompt_mask, self.completion_mask], dim=1)
+
+
+_ROW_FIELDS = [f for f in Generation.__dataclass_fields__]
+
+
+def _take(value, idx: Tensor):
+    if value is None:
+        return None
+    return [value[i] for i in idx.tolist()] if isinstance(value, list) else value[idx]
+
+
+def _join(values: list):
+    if values[0] is None:
+        return None
+    return (
+        [v for part in values for v in part] if isinstance(values[0], list) else torch.cat(values)
+    )
 
 
 class Sampler(Protocol):
@@ -122,31 +148,19 @@ def tokenize_completions(
 
 
 class PreferencePairs:
-    """Offline source: each prompt's completions are its data set pair, chosen then rejected
-    (k must be 2), with rewards 1 and 0. Used for offline DPO; no sampling happens."""
+    """Offline source: each prompt's completions are its data set pair, chosen then rejected,
+    with rewards 1 and 0 (a group of k=2). Used for offline DPO; nothing is sampled."""
 
-    def __init__(self, rows: list[dict]):
+    def __init__(self, rows: list[dict], max_new_tokens: int):
         self.pairs = {r["prompt"]: (r["chosen"], r["rejected"]) for r in rows}
+        self.max_new_tokens = max_new_tokens
 
-    def generate(
-        self, model, tokenizer, prompts, k, max_new_tokens, temperature=1.0, top_p=1.0, greedy=False
-    ):
-        if k != 2:
-            raise ValueError(
-                "preference pairs give exactly 2 completions per prompt (set sampling.k=2)"
-            )
+    def draw(self, policy, tokenizer, prompts: list[str]) -> Generation:
         texts = [t for p in prompts for t in self.pairs[p]]
-        enc = tokenizer(prompts, padding=True, return_tensors="pt", add_special_tokens=False)
-        ids, mask, truncated = tokenize_completions(tokenizer, texts, max_new_tokens)
-        return Generation(
-            enc["input_ids"].repeat_interleave(2, dim=0),
-            enc["attention_mask"].repeat_interleave(2, dim=0),
-            ids,
-            mask,
-            texts,
-            truncated,
-            rewards=torch.tensor([1.0, 0.0] * len(prompts)),
-        )
+        prompt_ids, prompt_mask = _prompts(tokenizer, prompts, 2)
+        ids, mask, truncated = tokenize_completions(tokenizer, texts, self.max_new_tokens)
+        rewards = torch.tensor([1.0, 0.0] * len(prompts))
+        return Generation(prompt_ids, prompt_mask, ids, mask, texts, truncated, rewards=rewards)
 
 
 class TokenLogps(NamedTuple):
@@ -177,7 +191,9 @@ def token_logps(
         output_hidden_states=hidden,
     )
     logits = out.logits[:, :-1]  # [B, T, V]: position t predicts completion token t
-    logp_all = (logits.float() / temperature).log_softmax(-1)
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()  # fp32 or fp64 (a table policy) stay as they are
+    logp_all = (logits / temperature).log_softmax(-1)
     logp = logp_all.gather(-1, input_ids[:, -T:].unsqueeze(-1)).squeeze(-1)
     ent = None
     if entropy:

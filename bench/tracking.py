@@ -74,7 +74,8 @@ def experiment_id(uri: str, name: str, create: bool = True) -> str | None:
 
 
 class Tracker:
-    """One MLflow run. Metrics go out every step, so a crash loses nothing already logged."""
+    """One MLflow run. Metrics are buffered for a few seconds; ``end`` (called from the loop's
+    ``finally``, also on errors and Ctrl-C) flushes them, so a failing run keeps its curves."""
 
     def __init__(
         self, uri: str, experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str]
@@ -90,14 +91,25 @@ class Tracker:
         for s in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[s : s + 100])
         self._RunTag = RunTag
+        self._buffer: list = []
+        self._last_flush = time.time()
+        self.flush_s = 5.0
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Buffered: sent every ``flush_s`` seconds (and by flush/end), one SQL batch for many steps.
+        A SQLite insert costs ~10 ms, more than a whole step of a small model."""
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        items = [Metric(k, float(v), ts, step) for k, v in metrics.items()]
-        for s in range(0, len(items), 500):
-            self.client.log_batch(self.run_id, metrics=items[s : s + 500])
+        self._buffer += [Metric(k, float(v), ts, step) for k, v in metrics.items()]
+        if time.time() - self._last_flush > self.flush_s or len(self._buffer) >= 1000:
+            self.flush()
+
+    def flush(self) -> None:
+        items, self._buffer = self._buffer, []
+        for s in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[s : s + 1000])
+        self._last_flush = time.time()
 
     def set_tags(self, tags: dict[str, str]) -> None:
         self.client.log_batch(self.run_id, tags=[self._RunTag(k, str(v)) for k, v in tags.items()])
@@ -106,4 +118,5 @@ class Tracker:
         self.client.log_text(self.run_id, text, name)
 
     def end(self, status: str = "FINISHED") -> None:
+        self.flush()
         self.client.set_terminated(self.run_id, status=status)

@@ -86,11 +86,20 @@ def summarize(runs: pd.DataFrame, history: pd.DataFrame, metrics: list[str]) -> 
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
-def curves(runs: pd.DataFrame, history: pd.DataFrame, key: str) -> pd.DataFrame:
-    """Mean and std over seeds at each step: columns algorithm, step, mean, std, n."""
-    h = history[history["key"] == key].merge(runs[["run_id", "params.label"]], on="run_id")
-    g = h.groupby(["params.label", "step"])["value"]
+def curves(
+    runs: pd.DataFrame, history: pd.DataFrame, key: str, by: tuple[str, ...] = ("params.label",)
+) -> pd.DataFrame:
+    """Mean and std over seeds at each step, per ``by`` columns of ``runs`` (the label comes
+    back as column ``algorithm``): columns [*by], step, mean, std, min, max, n."""
+    h = history[history["key"] == key].merge(runs[["run_id", *by]], on="run_id")
+    g = h.groupby([*by, "step"])["value"]
     out = pd.DataFrame(
-        {"mean": g.mean(), "std": g.std(ddof=1).fillna(0.0), "n": g.count()}
-    ).reset_index()
-    return out.rename(columns={"params.label": "algorithm"})
+        {
+            "mean": g.mean(),
+            "std": g.std(ddof=1).fillna(0.0),
+            "min": g.min(),
+            "max": g.max(),
+            "n": g.count(),
+        }
+    )
+    return out.reset_index().rename(columns={"params.label": "algorithm"})

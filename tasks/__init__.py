@@ -46,6 +46,14 @@ class Task:
             out.append(None if ok is None else float(ok))
         return out
 
+    def policy_metrics(self, model) -> dict[str, float]:
+        """Extra eval metrics computed from the model itself (e.g. distance to an exact optimum)."""
+        return {}
+
+    def responses(self) -> list[str] | None:
+        """The finite set of possible completions, if there is one (sampling.source=uniform)."""
+        return None
+
     def preference_rows(self) -> list[dict]:
         """Offline preference pairs: rows with "prompt", "chosen", "rejected" (sampling.source=dataset)."""
         from bench.errors import BenchError

@@ -95,14 +95,13 @@ def test_preference_pairs_source():
         [
             {"prompt": "1+2=", "chosen": "3", "rejected": "4"},
             {"prompt": "9+9=", "chosen": "18", "rejected": "17"},
-        ]
+        ],
+        max_new_tokens=4,
     )
-    gen = src.generate(None, tok, ["9+9=", "1+2="], 2, 4)
+    gen = src.draw(None, tok, ["9+9=", "1+2="])
     assert gen.texts == ["18", "17", "3", "4"] and gen.rewards.tolist() == [1.0, 0.0, 1.0, 0.0]
     assert gen.completion_mask.tolist() == [[1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 0, 0]]
     assert gen.completion_ids[2, 1].item() == tok.eos_token_id
-    with pytest.raises(ValueError, match="sampling.k=2"):
-        src.generate(None, tok, ["1+2="], 4, 4)
 
 
 def test_arithmetic_preference_pairs_are_right_vs_near_miss():
