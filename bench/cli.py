@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from bench.errors import BenchError
@@ -67,7 +68,9 @@ def run(
     shown = {k: v for k, v in final.items() if k.startswith("eval/")}
     for k, v in shown.items():
         console.print(f"{k} = {v:.4f}")
-    console.print(f"run {cfg.name} ({final['run_id']}) in experiment '{cfg.tracking.experiment}'")
+    console.print(
+        f"run {escape(cfg.name)} ({final['run_id']}) in experiment '{cfg.tracking.experiment}'"
+    )
 
 
 @app.command()
@@ -83,6 +86,9 @@ def compare(
     workers: Annotated[
         int, typer.Option(help="parallel runs (local processes, 1 torch thread each)")
     ] = 2,
+    vary: Annotated[
+        str | None, typer.Option(help="also run each value of one key: sampling.replay_ratio=0,0.5")
+    ] = None,
     tracking_uri: TrackingUri = None,
 ):
     """Every algorithm x seed on the preset's task, then the report: bench compare [PRESET]."""
@@ -95,8 +101,19 @@ def compare(
         overrides.append(f"compare.algorithms={algorithms}")
     if seeds is not None:
         overrides.append(f"compare.seeds={seeds}")
-    cfg = load_config(preset, overrides)
-    cfgs = plan(cfg, cfg.compare.algorithms, cfg.compare.seeds, threads=1 if workers > 1 else 0)
+    variants = [[]]
+    if vary:
+        if "=" not in vary:
+            raise BenchError(
+                f"--vary '{vary}' must look like key=v1,v2 (e.g. sampling.replay_ratio=0,0.5)"
+            )
+        key, values = vary.split("=", 1)
+        variants = [[f"{key}={v}"] for v in values.split(",")]
+    threads = 1 if workers > 1 else 0
+    cfgs = []
+    for extra in variants:
+        cfg = load_config(preset, [*overrides, *extra])
+        cfgs += plan(cfg, cfg.compare.algorithms, cfg.compare.seeds, threads)
     outcomes = run_all(cfgs, workers, tracking_uri)
     failed = [o for o in outcomes if o.error]
     result = build_report(cfg.tracking.experiment, tracking_uri)
@@ -141,7 +158,7 @@ def theory(
     for col in tv.columns:
         table.add_column(col.replace(" (mean)", ""))
     for row in tv.itertuples(index=False):
-        table.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row])
+        table.add_row(*[f"{v:.4f}" if isinstance(v, float) else escape(str(v)) for v in row])
     console.print(table)
     console.print(f"report: {result['report']}")
     failed = [o for o in outcomes if o.error]
@@ -160,7 +177,7 @@ def _print_summary(summary) -> None:
         ci = f"{r.ci_low:.3f}-{r.ci_high:.3f}" if r.n_seeds > 1 else "-"
         table.add_row(
             r.task,
-            r.algorithm,
+            escape(r.algorithm),
             r.metric,
             str(r.n_seeds),
             f"{r.mean:.3f} ± {r.std:.3f}",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from rich.markup import escape
+
 from bench.config import RunConfig
 from bench.executors import LocalExecutor
 from bench.progress import bar, console
@@ -67,12 +69,15 @@ def run_all(cfgs: list[RunConfig], workers: int, tracking_uri: str | None) -> li
         ):
             outcomes[i] = Outcome(cfgs[i].name, final, err)
             if err:
-                console.print(f"[red]run {cfgs[i].name} failed:[/red] {err.splitlines()[0]}")
+                console.print(
+                    f"[red]run {escape(cfgs[i].name)} failed:[/red] {err.splitlines()[0]}"
+                )
             else:
                 acc = {k: v for k, v in final.items() if k.endswith("/accuracy")}
                 shown = ", ".join(f"{k} {v:.3f}" for k, v in acc.items())
                 console.print(
-                    f"done {cfgs[i].name}: {shown} ({final['perf/wall_s']:.0f} s)", highlight=False
+                    f"done {escape(cfgs[i].name)}: {shown} ({final['perf/wall_s']:.0f} s)",
+                    highlight=False,
                 )
-            progress.update(job, advance=1, info=cfgs[i].name)
+            progress.update(job, advance=1, info=escape(cfgs[i].name))
     return [o for o in outcomes if o is not None]

@@ -99,9 +99,11 @@ class RunConfig:
 
     @property
     def label(self) -> str:
-        """The algorithm, plus the rollout source when it is not the policy (e.g. dpo[dataset])."""
-        src = self.sampling.source
-        return self.algorithm if src == "policy" else f"{self.algorithm}[{src}]"
+        """The algorithm, plus its rollout setting when off the default: dpo[dataset], gvpo[replay=0.5]."""
+        parts = [] if self.sampling.source == "policy" else [self.sampling.source]
+        if self.sampling.replay_ratio:
+            parts.append(f"replay={self.sampling.replay_ratio:g}")
+        return self.algorithm + (f"[{','.join(parts)}]" if parts else "")
 
     @property
     def name(self) -> str:

@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 import torch
+from rich.markup import escape
 
 from algorithms import ALGORITHMS, Algorithm
 from bench.batch import PolicyOutput, RolloutBatch, seq_sum
@@ -231,7 +232,7 @@ def train(cfg: RunConfig, sampler: Sampler | None = None, tracking_uri: str | No
 
     try:
         with bar() as progress:
-            job = progress.add_task(cfg.name, total=cfg.train.steps, info="")
+            job = progress.add_task(escape(cfg.name), total=cfg.train.steps, info="")
             run_eval(0)
             for step in range(1, cfg.train.steps + 1):
                 t0 = time.time()

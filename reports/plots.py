@@ -28,3 +28,25 @@ def learning_curves(curve: pd.DataFrame, title: str, ylabel: str, base_value: fl
     ax.legend(frameon=False, fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def sensitivity_plot(sens: pd.DataFrame, param: str, ylabel: str, title: str):
+    """Final metric vs one hyperparameter, mean +- std over seeds, one line per algorithm."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.6), dpi=120)
+    for algo, c in sens.groupby("algorithm"):
+        c = c.sort_values("value")
+        ax.errorbar(
+            c["value"],
+            c["mean"],
+            yerr=c["std"],
+            marker="o",
+            capsize=3,
+            label=f"{algo} (n={int(c['n'].max())})",
+        )
+    ax.set_xlabel(param)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    return fig

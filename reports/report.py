@@ -10,10 +10,11 @@ from bench.errors import BenchError
 from bench.paths import results_dir
 from bench.tracking import resolve_uri
 from reports.collect import history_frame, runs_frame
-from reports.plots import learning_curves
-from reports.summary import curves, latest_finished, summarize
+from reports.plots import learning_curves, sensitivity_plot
+from reports.summary import curves, latest_finished, sensitivity, summarize
 
 EVAL_METRICS = ["accuracy", "avg_at_k", "maj_at_k", "pass_at_k"]
+SWEPT = ["sampling.replay_ratio", "algorithm.beta", "sampling.k", "train.lr"]  # sensitivity plots
 PERF_KEYS = ["perf/wall_s", "perf/tokens_generated", "perf/tokens_trained", "perf/peak_rss_mb"]
 
 
@@ -58,6 +59,23 @@ def build_report(
         name = "learning_curves.png" if len(tasks) == 1 else f"learning_curves_{task}.png"
         fig.savefig(out / name)
         plots.append(name)
+    for task in tasks:
+        task_runs = runs[runs["params.task"] == task]
+        for param in SWEPT:
+            col = f"params.{param}"
+            if (
+                col not in task_runs
+                or task_runs.groupby("params.algorithm")[col].nunique().max() < 2
+            ):
+                continue
+            sens = sensitivity(task_runs, history, f"eval/{task}/accuracy", param)
+            name = (
+                f"sensitivity_{param}.png" if len(tasks) == 1 else f"sensitivity_{task}_{param}.png"
+            )
+            sensitivity_plot(sens, param, "final eval accuracy", f"{experiment}: {task}").savefig(
+                out / name
+            )
+            plots.append(name)
     perf = (
         history[history["key"].isin(PERF_KEYS)]
         .sort_values("step")
@@ -80,7 +98,7 @@ def build_report(
         "",
         "`base_value` is the step-0 value: the warm-start model before any RL update.",
         "",
-        "## Learning curves",
+        "## Plots",
         "",
         *[f"![{p}]({p})" for p in plots],
         "",

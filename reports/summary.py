@@ -21,18 +21,34 @@ SUMMARY_COLUMNS = [
 ]
 
 
-def latest_finished(runs: pd.DataFrame) -> pd.DataFrame:
-    """Finished runs, keeping the newest per (task, label, seed): re-runs replace old ones.
+NOT_CONFIG = {"params.train.threads"}  # how a run was executed, not what it computes
 
-    ``label`` is the algorithm plus its rollout source when that is not the policy
-    (``dpo[dataset]``); runs logged without it fall back to the algorithm name.
-    """
+
+def latest_finished(runs: pd.DataFrame) -> pd.DataFrame:
+    """Finished runs, keeping the newest per configuration (all params, seed included), so a
+    re-run replaces the old one. ``params.label`` (algorithm plus rollout setting, e.g.
+    ``dpo[dataset]``) gets any other param that varies between runs of the same label appended,
+    e.g. ``gvpo[algorithm.beta=0.2]``, so sweeps over a key stay apart in tables and plots."""
     done = runs[runs["status"] == "FINISHED"].copy()
     if "params.label" not in done:
         done["params.label"] = None
     done["params.label"] = done["params.label"].fillna(done["params.algorithm"])
-    keys = ["params.task", "params.label", "params.seed"]
-    return done.sort_values("start_time").drop_duplicates(keys, keep="last")
+    config = [c for c in done.columns if c.startswith("params.") and c not in NOT_CONFIG]
+    done = done.sort_values("start_time").drop_duplicates(config, keep="last")
+    fixed = {"params.seed", "params.label"}
+    varying = [
+        c
+        for c in config
+        if c not in fixed and done.groupby("params.label")[c].nunique(dropna=False).max() > 1
+    ]
+    if varying:
+        extra = (
+            done[varying]
+            .astype(str)
+            .apply(lambda r: ",".join(f"{c[7:]}={v}" for c, v in r.items()), axis=1)
+        )
+        done["params.label"] = done["params.label"] + "[" + extra + "]"
+    return done
 
 
 def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float, float]:
@@ -103,3 +119,15 @@ def curves(
         }
     )
     return out.reset_index().rename(columns={"params.label": "algorithm"})
+
+
+def sensitivity(runs: pd.DataFrame, history: pd.DataFrame, key: str, param: str) -> pd.DataFrame:
+    """Final ``key`` vs the value of ``param`` per algorithm: algorithm, value, mean, std, n."""
+    final = final_values(history, key).rename("final")
+    df = runs.set_index("run_id")[["params.algorithm", f"params.{param}"]].join(final).dropna()
+    df["value"] = pd.to_numeric(df[f"params.{param}"])
+    g = df.groupby(["params.algorithm", "value"])["final"]
+    out = pd.DataFrame(
+        {"mean": g.mean(), "std": g.std(ddof=1).fillna(0.0), "n": g.count()}
+    ).reset_index()
+    return out.rename(columns={"params.algorithm": "algorithm"})

@@ -125,3 +125,34 @@ def test_contract_two_optimiser_steps_change_the_parameters(name):
     assert totals["skipped_steps"] == 0 and totals["empty_minibatches"] == 0
     changed = sum(not torch.equal(a, b.detach()) for a, b in zip(before, trained, strict=True))
     assert changed == len(trained)  # every trained tensor moved (value head included)
+
+
+def test_compare_with_two_workers_on_a_fresh_store_and_a_varied_key(tmp_path):
+    """Two spawned workers share a brand-new SQLite store (created once by the parent); --vary
+    adds a sensitivity plot and keeps the variants apart."""
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    uri = f"sqlite:///{tmp_path / 'fresh.db'}"
+    args = [
+        "compare",
+        "smoke",
+        "--algorithms",
+        "gvpo,grpo",
+        "--seeds",
+        "1",
+        "--workers",
+        "2",
+        "--vary",
+        "sampling.replay_ratio=0,0.5",
+        "--tracking-uri",
+        uri,
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    runs = client(uri).search_runs([client(uri).get_experiment_by_name("smoke").experiment_id])
+    assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
+    out = build_report("smoke", uri, tmp_path / "rep")
+    assert set(out["summary"].algorithm) == {"gvpo", "grpo", "gvpo[replay=0.5]", "grpo[replay=0.5]"}
+    assert (tmp_path / "rep" / "sensitivity_sampling.replay_ratio.png").exists()

@@ -54,3 +54,20 @@ def test_summary_and_curves():
     )
     fig = learning_curves(c, "title", "acc", 0.2)
     assert len(fig.axes[0].lines) == 2  # the algorithm and the baseline
+
+
+def test_varied_params_split_labels_and_sensitivity():
+    from reports.summary import sensitivity
+
+    runs, history = runs_and_history()
+    runs = runs[runs.run_id != "old"].copy()
+    runs["params.algorithm.beta"] = ["0.1", "0.2", "0.2"]
+    kept = latest_finished(runs)
+    assert sorted(kept["params.label"]) == [
+        "x[algorithm.beta=0.1]",
+        "x[algorithm.beta=0.2]",
+        "x[algorithm.beta=0.2]",
+    ]
+    sens = sensitivity(kept, history, "eval/t/accuracy", "algorithm.beta")
+    assert sens["value"].tolist() == [0.1, 0.2]
+    assert sens["mean"].tolist() == pytest.approx([0.5, 0.65]) and sens["n"].tolist() == [1, 2]
