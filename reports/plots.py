@@ -50,3 +50,23 @@ def sensitivity_plot(sens: pd.DataFrame, param: str, ylabel: str, title: str):
     ax.legend(frameon=False, fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def stability_panel(panels: dict[str, pd.DataFrame], title: str):
+    """One subplot per training signal (curves() frames), mean over seeds per algorithm."""
+    keys = [k for k, c in panels.items() if not c.empty]
+    fig, axes = plt.subplots(
+        1, max(len(keys), 1), figsize=(3.4 * max(len(keys), 1), 3.0), dpi=120, squeeze=False
+    )
+    for ax, key in zip(axes[0], keys, strict=False):
+        for algo, c in panels[key].groupby("algorithm"):
+            c = c.sort_values("step")
+            ax.plot(c["step"], c["mean"], lw=1, label=algo)
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    if keys:
+        axes[0][0].legend(frameon=False, fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -10,11 +10,13 @@ from bench.errors import BenchError
 from bench.paths import results_dir
 from bench.tracking import resolve_uri
 from reports.collect import history_frame, runs_frame
-from reports.plots import learning_curves, sensitivity_plot
+from reports.plots import learning_curves, sensitivity_plot, stability_panel
+from reports.stability import paired_difference, stability_summary
 from reports.summary import curves, latest_finished, sensitivity, summarize
 
 EVAL_METRICS = ["accuracy", "avg_at_k", "maj_at_k", "pass_at_k"]
 SWEPT = ["sampling.replay_ratio", "algorithm.beta", "sampling.k", "train.lr"]  # sensitivity plots
+TRAIN_KEYS = ["train/grad_norm", "train/entropy", "train/kl_ref", "policy/clipfrac", "train/loss"]
 PERF_KEYS = ["perf/wall_s", "perf/tokens_generated", "perf/tokens_trained", "perf/peak_rss_mb"]
 
 
@@ -39,7 +41,7 @@ def build_report(
     if runs.empty:
         raise BenchError(f"experiment '{experiment}' has no finished runs to report")
     tasks = sorted(runs["params.task"].unique())
-    keys = [f"eval/{t}/{m}" for t in tasks for m in EVAL_METRICS] + PERF_KEYS
+    keys = [f"eval/{t}/{m}" for t in tasks for m in EVAL_METRICS] + PERF_KEYS + TRAIN_KEYS
     history = history_frame(list(runs["run_id"]), keys, uri)
     summary = summarize(runs, history, EVAL_METRICS)
     out = out_dir or results_dir() / "reports" / experiment
@@ -86,6 +88,21 @@ def build_report(
     by_label = runs.set_index("run_id")[["params.label"]]
     perf = perf.join(by_label).groupby("params.label").mean()
     perf = perf.reset_index().rename(columns={"params.label": "algorithm"})
+    fig = stability_panel(
+        {k: curves(runs, history, k) for k in TRAIN_KEYS[:4]}, f"{experiment}: training signals"
+    )
+    fig.savefig(out / "stability_panel.png")
+    plots.append("stability_panel.png")
+    stability = pd.concat(
+        [
+            stability_summary(runs[runs["params.task"] == t], history, f"eval/{t}/accuracy").assign(
+                task=t
+            )
+            for t in tasks
+        ]
+    )
+    stability.to_csv(out / "stability.csv", index=False)
+    paired = paired_table(runs, history, tasks)
     text = [
         f"# Report: {experiment}",
         "",
@@ -102,6 +119,20 @@ def build_report(
         "",
         *[f"![{p}]({p})" for p in plots],
         "",
+        "## Stability (per run, mean over seeds)",
+        "",
+        "collapses: times eval accuracy fell > 0.05 below its running best; max_drawdown: largest",
+        "such fall; grad_spikes: grad-norm > 10x its running median; non_finite: NaN/inf losses,",
+        "grad norms and skipped steps; auc: mean level of the eval curve.",
+        "",
+        md_table(stability),
+        "",
+        "## Paired differences in final accuracy (by seed, 95% bootstrap interval)",
+        "",
+        md_table(paired)
+        if not paired.empty
+        else "(needs at least two algorithms with the same seeds)",
+        "",
         "## Compute per run (mean over seeds)",
         "",
         md_table(perf, "{:.1f}") if not perf.empty else "(no perf metrics)",
@@ -114,3 +145,32 @@ def build_report(
         "report": out / "report.md",
         "plots": [out / p for p in plots],
     }
+
+
+def paired_table(runs: pd.DataFrame, history: pd.DataFrame, tasks: list[str]) -> pd.DataFrame:
+    """Each label against the first one (alphabetical, or gvpo if present), paired by seed."""
+    from reports.summary import final_values
+
+    rows = []
+    for task in tasks:
+        key = f"eval/{task}/accuracy"
+        t = runs[runs["params.task"] == task].set_index("run_id")
+        final = (
+            t[["params.label", "params.seed"]]
+            .join(final_values(history, key).rename("final"))
+            .dropna()
+        )
+        wide = final.pivot_table(index="params.seed", columns="params.label", values="final")
+        labels = sorted(wide.columns)
+        if len(labels) < 2:
+            continue
+        ref = "gvpo" if "gvpo" in labels else labels[0]
+        for other in labels:
+            if other == ref:
+                continue
+            both = wide[[ref, other]].dropna()
+            if len(both) < 2:
+                continue
+            d = paired_difference(both[ref].to_numpy(), both[other].to_numpy())
+            rows.append({"task": task, "comparison": f"{ref} - {other}", "n_seeds": len(both), **d})
+    return pd.DataFrame(rows)
