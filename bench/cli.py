@@ -128,6 +128,56 @@ def compare(
 
 @app.command()
 @user_errors
+def sweep(
+    args: Annotated[
+        list[str] | None, typer.Argument(help="PRESET then key=value overrides")
+    ] = None,
+    grid: Annotated[
+        list[str] | None, typer.Option(help="key=v1,v2 or key=0..4; repeat per key")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="parallel runs (local processes)")] = 2,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="print the plan and what is already done")
+    ] = False,
+    tracking_uri: TrackingUri = None,
+):
+    """The cross product of a grid, resumable: bench sweep PRESET --grid algorithm=gvpo,grpo --grid seed=0..2."""
+    from bench.compare import run_all
+    from bench.sweep import finished_points, plan
+    from bench.tracking import resolve_uri
+    from reports.report import build_report
+
+    preset, overrides = _split(args, "arithmetic")
+    if not grid:
+        raise BenchError("bench sweep needs at least one --grid key=v1,v2")
+    sid, points = plan(preset, overrides, grid, threads=1 if workers > 1 else 0)
+    uri = resolve_uri(tracking_uri)
+    done = finished_points(sid, {c.tracking.experiment for _, c in points}, uri)
+    todo = [(p, c) for p, c in points if p not in done]
+    console.print(
+        f"sweep {sid}: {len(points)} points, {len(points) - len(todo)} finished, {len(todo)} to run"
+    )
+    if dry_run:
+        for p, c in points:
+            console.print(
+                f"  {'done' if p in done else 'todo'}  {escape(c.name)}  {p}", highlight=False
+            )
+        return
+    tags = [{"sweep.id": sid, "sweep.point": p} for p, _ in todo]
+    outcomes = run_all([c for _, c in todo], workers, tracking_uri, tags)
+    result = build_report(points[0][1].tracking.experiment, tracking_uri)
+    _print_summary(result["summary"])
+    console.print(f"report: {result['report']}")
+    failed = [o for o in outcomes if o.error]
+    if failed:
+        console.print(
+            f"[red]{len(failed)} run(s) failed:[/red] {', '.join(o.name for o in failed)} (re-run to retry)"
+        )
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
 def theory(
     args: Annotated[
         list[str] | None, typer.Argument(help="[PRESET] then key=value overrides")

@@ -41,13 +41,15 @@ def theory_plan(
     ]
 
 
-def _run_one(cfg: RunConfig, tracking_uri: str | None) -> dict:
+def _run_one(cfg: RunConfig, tracking_uri: str | None, tags: dict | None) -> dict:
     from bench.loop import train
 
-    return train(cfg, tracking_uri=tracking_uri)
+    return train(cfg, tracking_uri=tracking_uri, tags=tags)
 
 
-def run_all(cfgs: list[RunConfig], workers: int, tracking_uri: str | None) -> list[Outcome]:
+def run_all(
+    cfgs: list[RunConfig], workers: int, tracking_uri: str | None, tags: list[dict] | None = None
+) -> list[Outcome]:
     """Warm-start once in this process (cache), then run every config on the executor."""
     from bench.models import load_policy
     from tasks import TASKS
@@ -65,7 +67,8 @@ def run_all(cfgs: list[RunConfig], workers: int, tracking_uri: str | None) -> li
     with bar() as progress:
         job = progress.add_task("runs", total=len(cfgs), info="")
         for i, final, err in LocalExecutor(workers).map(
-            _run_one, [(c, tracking_uri) for c in cfgs]
+            _run_one,
+            [(c, tracking_uri, t) for c, t in zip(cfgs, tags or [None] * len(cfgs), strict=True)],
         ):
             outcomes[i] = Outcome(cfgs[i].name, final, err)
             if err:

@@ -338,8 +338,18 @@ def load_config(
     """Preset name or YAML path, then ``key=value`` overrides, validated into a RunConfig."""
     src = _Source()
     data = _load_preset(resolve_preset(preset), src) if preset else {}
+    # "algorithm.beta=0.2" means the selected algorithm's beta (the MLflow param of that name):
+    # applied last, once the algorithm is known.
+    selected = [t for t in overrides if t.split("=", 1)[0].startswith("algorithm.")]
     for text in overrides:
-        _apply_override(data, text, src)
+        if text not in selected:
+            _apply_override(data, text, src)
+    for text in selected:
+        algo = str(data.get("algorithm", RunConfig.algorithm))
+        _apply_override(data, "algorithms." + algo + text[len("algorithm") :], src)
+        src.where[("algorithms", algo, text.split("=", 1)[0].split(".", 1)[1])] = (
+            f"override '{text}'"
+        )
     cfg = build_dataclass(RunConfig, data, (), src)
     _check_registered(cfg, src)
     _check_consistent(cfg, src)

@@ -176,8 +176,14 @@ def trainables(policy, algo: Algorithm, cfg: RunConfig):
     return value_head, opt, sched
 
 
-def train(cfg: RunConfig, sampler: Sampler | None = None, tracking_uri: str | None = None) -> dict:
-    """Run one training run; returns the final metrics (and run_id). Logs to MLflow as it goes."""
+def train(
+    cfg: RunConfig,
+    sampler: Sampler | None = None,
+    tracking_uri: str | None = None,
+    tags: dict | None = None,
+) -> dict:
+    """Run one training run; returns the final metrics (and run_id). Logs to MLflow as it goes.
+    ``tags`` are added to the run's MLflow tags (e.g. the sweep id)."""
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     algo = ALGORITHMS.get(cfg.algorithm)
@@ -195,6 +201,7 @@ def train(cfg: RunConfig, sampler: Sampler | None = None, tracking_uri: str | No
         source = Rollouts(cfg, task, sampler, reference, cfg.seed)
     value_head, opt, sched = trainables(policy, algo, cfg)
     tags = {
+        **(tags or {}),
         "task_version": task.version,
         "model.cache": info["cache"],
         "model.n_params": str(n_params(policy)),
