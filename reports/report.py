@@ -10,6 +10,7 @@ from bench.errors import BenchError
 from bench.paths import results_dir
 from bench.tracking import resolve_uri
 from reports.collect import history_frame, runs_frame
+from reports.html import write_html
 from reports.plots import learning_curves, sensitivity_plot, stability_panel
 from reports.stability import paired_difference, stability_summary
 from reports.summary import curves, latest_finished, sensitivity, summarize
@@ -139,6 +140,7 @@ def build_report(
         "",
     ]
     (out / "report.md").write_text("\n".join(text))
+    write_html(out / "report.md")
     return {
         "dir": out,
         "summary": summary,

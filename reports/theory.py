@@ -19,6 +19,7 @@ from bench.errors import BenchError  # noqa: E402
 from bench.paths import results_dir  # noqa: E402
 from bench.tracking import resolve_uri  # noqa: E402
 from reports.collect import history_frame, runs_frame  # noqa: E402
+from reports.html import write_html  # noqa: E402
 from reports.report import md_table  # noqa: E402
 from reports.summary import curves, latest_finished, summarize  # noqa: E402
 
@@ -118,4 +119,5 @@ def build_theory_report(
         "",
     ]
     (out / "report.md").write_text("\n".join(text))
+    write_html(out / "report.md")
     return {"dir": out, "summary": summary, "tv": tv, "fixed": fixed, "report": out / "report.md"}

@@ -156,3 +156,45 @@ def test_compare_with_two_workers_on_a_fresh_store_and_a_varied_key(tmp_path):
     out = build_report("smoke", uri, tmp_path / "rep")
     assert set(out["summary"].algorithm) == {"gvpo", "grpo", "gvpo[replay=0.5]", "grpo[replay=0.5]"}
     assert (tmp_path / "rep" / "sensitivity_sampling.replay_ratio.png").exists()
+
+
+def test_html_report_renders_in_a_real_browser(store, tmp_path):
+    import shutil
+    import subprocess
+
+    import matplotlib.image as mpimg
+
+    uri, _ = store
+    result = build_report("e2e", uri, tmp_path / "rep")
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert "<table>" in html and html.count("data:image/png;base64,") >= 2 and ".png)" not in html
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (.ci/run installs Debian's chromium)")
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            f"--screenshot={shot}",
+            "--window-size=1200,1600",
+            (tmp_path / "rep" / "report.html").as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    img = mpimg.imread(shot)[..., :3]
+    assert img.shape[0] == 1600 and img.shape[1] == 1200
+    dark = (img.mean(-1) < 0.3).mean()  # text and plot lines
+    colour = (img.std(-1) > 0.1).mean()  # coloured plot lines / bands
+    assert 0.001 < dark < 0.5 and colour > 0.0005, (dark, colour)
+    assert result["report"].exists()
