@@ -241,6 +241,9 @@ def train(
         with bar() as progress:
             job = progress.add_task(escape(cfg.name), total=cfg.train.steps, info="")
             run_eval(0)
+            tracker.log_metrics(
+                {"perf/cum_tokens_generated": 0.0, "perf/elapsed_s": time.time() - start}, 0
+            )
             for step in range(1, cfg.train.steps + 1):
                 t0 = time.time()
                 rows = [r for r in next(stream) for _ in range(k)]  # each prompt k times
@@ -267,6 +270,8 @@ def train(
                     "perf/step_s": dt,
                     "perf/tokens_per_s": lengths.sum().item() / dt,
                     "perf/lr": sched.get_last_lr()[0],
+                    "perf/cum_tokens_generated": totals["tokens_generated"],  # x axes for reports
+                    "perf/elapsed_s": time.time() - start,
                 }
                 tracker.log_metrics(metrics, step)
                 final.update(metrics)

@@ -70,3 +70,62 @@ def stability_panel(panels: dict[str, pd.DataFrame], title: str):
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def curves_by_compute(panels: dict[str, pd.DataFrame], ylabel: str, title: str):
+    """Eval metric vs compute: one panel per x axis (frames with algorithm, x, mean, std)."""
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(5.0 * len(panels), 3.6), dpi=120, squeeze=False
+    )
+    for ax, (xlabel, c_all) in zip(axes[0], panels.items(), strict=True):
+        for algo, c in c_all.groupby("algorithm"):
+            c = c.sort_values("x")
+            (line,) = ax.plot(c["x"], c["mean"], marker="o", ms=3, label=algo)
+            ax.fill_between(
+                c["x"],
+                c["mean"] - c["std"],
+                c["mean"] + c["std"],
+                color=line.get_color(),
+                alpha=0.15,
+            )
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(frameon=False, fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def kl_reward_frontier(kl: pd.DataFrame, reward: pd.DataFrame, title: str, window: int = 10):
+    """Training reward vs KL to the reference (rolling means over steps), one path per algorithm."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.8), dpi=120)
+    both = kl.merge(reward, on=["algorithm", "step"], suffixes=("_kl", "_r"))
+    for algo, c in both.groupby("algorithm"):
+        c = c.sort_values("step")
+        x = c["mean_kl"].rolling(window, min_periods=1).mean()
+        y = c["mean_r"].rolling(window, min_periods=1).mean()
+        (line,) = ax.plot(x, y, lw=1.2, label=algo)
+        ax.plot(x.iloc[-1:], y.iloc[-1:], "o", color=line.get_color())
+    ax.set_xlabel("KL(pi || pi_ref) per sequence")
+    ax.set_ylabel("train reward")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def seed_spread(final: pd.DataFrame, ylabel: str, title: str):
+    """Box plot of the final metric per algorithm over seeds, with the seeds as points."""
+    labels = sorted(final["algorithm"].unique())
+    data = [final[final["algorithm"] == a]["final"].to_numpy() for a in labels]
+    fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 2, 3.6), dpi=120)
+    ax.boxplot(data, tick_labels=labels, widths=0.5)
+    for i, d in enumerate(data, start=1):
+        ax.plot([i] * len(d), d, "o", ms=4, alpha=0.7)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return fig

@@ -11,13 +11,28 @@ from bench.paths import results_dir
 from bench.tracking import resolve_uri
 from reports.collect import history_frame, runs_frame
 from reports.html import write_html
-from reports.plots import learning_curves, sensitivity_plot, stability_panel
+from reports.plots import (
+    curves_by_compute,
+    kl_reward_frontier,
+    learning_curves,
+    seed_spread,
+    sensitivity_plot,
+    stability_panel,
+)
 from reports.stability import paired_difference, stability_summary
-from reports.summary import curves, latest_finished, sensitivity, summarize
+from reports.summary import curves, curves_vs, final_values, latest_finished, sensitivity, summarize
 
 EVAL_METRICS = ["accuracy", "avg_at_k", "maj_at_k", "pass_at_k"]
 SWEPT = ["sampling.replay_ratio", "algorithm.beta", "sampling.k", "train.lr"]  # sensitivity plots
-TRAIN_KEYS = ["train/grad_norm", "train/entropy", "train/kl_ref", "policy/clipfrac", "train/loss"]
+TRAIN_KEYS = [
+    "train/grad_norm",
+    "train/entropy",
+    "train/kl_ref",
+    "policy/clipfrac",
+    "train/loss",
+    "train/reward/mean",
+]
+COMPUTE_KEYS = {"tokens generated": "perf/cum_tokens_generated", "wall-clock (s)": "perf/elapsed_s"}
 PERF_KEYS = ["perf/wall_s", "perf/tokens_generated", "perf/tokens_trained", "perf/peak_rss_mb"]
 
 
@@ -43,6 +58,7 @@ def build_report(
         raise BenchError(f"experiment '{experiment}' has no finished runs to report")
     tasks = sorted(runs["params.task"].unique())
     keys = [f"eval/{t}/{m}" for t in tasks for m in EVAL_METRICS] + PERF_KEYS + TRAIN_KEYS
+    keys += list(COMPUTE_KEYS.values())
     history = history_frame(list(runs["run_id"]), keys, uri)
     summary = summarize(runs, history, EVAL_METRICS)
     out = out_dir or results_dir() / "reports" / experiment
@@ -89,6 +105,35 @@ def build_report(
     by_label = runs.set_index("run_id")[["params.label"]]
     perf = perf.join(by_label).groupby("params.label").mean()
     perf = perf.reset_index().rename(columns={"params.label": "algorithm"})
+    for task in tasks:
+        task_runs = runs[runs["params.task"] == task]
+        key = f"eval/{task}/accuracy"
+        suffix = "" if len(tasks) == 1 else f"_{task}"
+        panels = {x: curves_vs(task_runs, history, key, xkey) for x, xkey in COMPUTE_KEYS.items()}
+        if all(not p.empty for p in panels.values()):
+            curves_by_compute(panels, "eval accuracy", f"{experiment}: {task} vs compute").savefig(
+                out / f"curves_by_compute{suffix}.png"
+            )
+            plots.append(f"curves_by_compute{suffix}.png")
+        final = (
+            task_runs.set_index("run_id")[["params.label"]]
+            .join(final_values(history, key).rename("final"))
+            .dropna()
+        )
+        if not final.empty:
+            fig = seed_spread(
+                final.rename(columns={"params.label": "algorithm"}),
+                "final eval accuracy",
+                f"{experiment}: {task} by seed",
+            )
+            fig.savefig(out / f"seed_spread{suffix}.png")
+            plots.append(f"seed_spread{suffix}.png")
+    kl, reward = curves(runs, history, "train/kl_ref"), curves(runs, history, "train/reward/mean")
+    if not kl.empty and not reward.empty:
+        kl_reward_frontier(kl, reward, f"{experiment}: reward vs KL").savefig(
+            out / "kl_reward_frontier.png"
+        )
+        plots.append("kl_reward_frontier.png")
     fig = stability_panel(
         {k: curves(runs, history, k) for k in TRAIN_KEYS[:4]}, f"{experiment}: training signals"
     )

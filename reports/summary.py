@@ -131,3 +131,19 @@ def sensitivity(runs: pd.DataFrame, history: pd.DataFrame, key: str, param: str)
         {"mean": g.mean(), "std": g.std(ddof=1).fillna(0.0), "n": g.count()}
     ).reset_index()
     return out.rename(columns={"params.algorithm": "algorithm"})
+
+
+def curves_vs(runs: pd.DataFrame, history: pd.DataFrame, key: str, xkey: str) -> pd.DataFrame:
+    """``key`` against another logged quantity (e.g. cumulative tokens) at the same steps,
+    averaged over seeds per step: algorithm, step, x, mean, std."""
+    h = history[history["key"].isin([key, xkey])].pivot_table(
+        index=["run_id", "step"], columns="key", values="value"
+    )
+    if key not in h or xkey not in h:
+        return pd.DataFrame(columns=["algorithm", "step", "x", "mean", "std"])
+    h = h.dropna().reset_index().merge(runs[["run_id", "params.label"]], on="run_id")
+    g = h.groupby(["params.label", "step"])
+    out = pd.DataFrame(
+        {"x": g[xkey].mean(), "mean": g[key].mean(), "std": g[key].std(ddof=1).fillna(0.0)}
+    )
+    return out.reset_index().rename(columns={"params.label": "algorithm"})

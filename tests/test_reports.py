@@ -71,3 +71,26 @@ def test_varied_params_split_labels_and_sensitivity():
     sens = sensitivity(kept, history, "eval/t/accuracy", "algorithm.beta")
     assert sens["value"].tolist() == [0.1, 0.2]
     assert sens["mean"].tolist() == pytest.approx([0.5, 0.65]) and sens["n"].tolist() == [1, 2]
+
+
+def test_compute_axes_frontier_and_seed_spread_plots():
+    from reports.plots import curves_by_compute, kl_reward_frontier, seed_spread
+    from reports.summary import curves_vs
+
+    runs, history = runs_and_history()
+    runs = latest_finished(runs)
+    extra = [
+        (rid, "perf/cum_tokens_generated", s, float(s * 100))
+        for rid in ("a", "b", "c")
+        for s in (0, 10)
+    ]
+    history = pd.concat([history, pd.DataFrame(extra, columns=history.columns)])
+    c = curves_vs(runs, history, "eval/t/accuracy", "perf/cum_tokens_generated")
+    assert c[c.step == 10][["x", "mean"]].iloc[0].tolist() == pytest.approx([1000.0, 0.6])
+    fig = curves_by_compute({"tokens": c}, "acc", "t")
+    assert len(fig.axes[0].lines) == 1
+    kl = pd.DataFrame({"algorithm": "x", "step": [1, 2], "mean": [0.1, 0.2]})
+    reward = pd.DataFrame({"algorithm": "x", "step": [1, 2], "mean": [0.3, 0.5]})
+    assert len(kl_reward_frontier(kl, reward, "t").axes[0].lines) == 2  # path and end point
+    final = pd.DataFrame({"algorithm": ["x", "x", "y"], "final": [0.5, 0.6, 0.7]})
+    assert seed_spread(final, "acc", "t").axes[0].get_xticklabels()[1].get_text() == "y"
