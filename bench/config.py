@@ -48,6 +48,7 @@ class SamplingConfig:
 class TrainConfig:
     steps: int = 40  # rollout batches (one optimiser update each unless epochs/minibatches > 1)
     prompts_per_step: int = 16  # prompts per rollout batch (B = prompts_per_step * k)
+    prompt_pool: int = 0  # RL on the first N train prompts only (0 = all): makes prompts recur
     optimizer: Literal["adamw", "sgd"] = "adamw"  # sgd: plain gradient steps (tabular fixed points)
     lr: float = 2e-4  # learning rate, constant after warm-up unless schedule says otherwise
     warmup_steps: int = 0  # linear learning-rate warm-up, in optimiser steps

@@ -20,6 +20,7 @@ from rich.markup import escape
 from algorithms import ALGORITHMS, Algorithm
 from bench.batch import PolicyOutput, RolloutBatch, seq_sum
 from bench.config import RunConfig, flatten, to_yaml
+from bench.errors import BenchError
 from bench.evaluate import evaluate
 from bench.models import load_policy, n_params
 from bench.progress import bar
@@ -216,7 +217,12 @@ def train(
     )
     tracker.log_text(to_yaml(cfg), "config.yaml")
     k = cfg.sampling.k
-    stream = prompt_stream(train_rows, cfg.train.prompts_per_step, cfg.seed)
+    pool = train_rows[: cfg.train.prompt_pool] if cfg.train.prompt_pool else train_rows
+    if len(pool) < cfg.train.prompts_per_step:
+        raise BenchError(
+            f"train.prompts_per_step={cfg.train.prompts_per_step} exceeds the {len(pool)} train prompts"
+        )
+    stream = prompt_stream(pool, cfg.train.prompts_per_step, cfg.seed)
     mb_gen = torch.Generator().manual_seed(cfg.seed)
     samples: list[str] = []
     totals = {
@@ -270,6 +276,7 @@ def train(
                     "perf/step_s": dt,
                     "perf/tokens_per_s": lengths.sum().item() / dt,
                     "perf/lr": sched.get_last_lr()[0],
+                    "rollout/replay_frac": getattr(source, "last_replay_frac", 0.0),
                     "perf/cum_tokens_generated": totals["tokens_generated"],  # x axes for reports
                     "perf/elapsed_s": time.time() - start,
                 }

@@ -30,6 +30,7 @@ class Rollouts:
         self.rng = random.Random(seed)
         self.buffer: dict[str, list[Generation]] = {}  # prompt -> earlier single-row generations
         self.buffer_size = buffer_size
+        self.last_replay_frac = 0.0  # share of the last batch that was replayed (logged)
         if cfg.sampling.source == "uniform" and task.responses() is None:
             raise BenchError(
                 f"sampling.source=uniform needs a finite response set; task '{task.name}' has none"
@@ -45,7 +46,9 @@ class Rollouts:
         k, T = s.k, s.max_new_tokens
         if self.on_policy:
             return self.sampler.generate(policy, tokenizer, prompts, k, T, s.temperature, s.top_p)
+        # the same number of replayed rows in every group: as many as the least-seen prompt allows
         n_old = min([round(s.replay_ratio * k)] + [len(self.buffer.get(p, [])) for p in prompts])
+        self.last_replay_frac = n_old / k
         n_new = k - n_old
         n_ref = {"reference": n_new, "mixture": round(s.mixture * n_new)}.get(s.source, 0)
         parts = []  # each [len(prompts) * n, ...], grouped by prompt
