@@ -245,11 +245,17 @@ def report(
     out: Annotated[
         Path | None, typer.Option(help="output folder (default results/reports/EXPERIMENT)")
     ] = None,
+    filter: Annotated[
+        str,
+        typer.Option(
+            "--filter", help="MLflow filter on tags/params: \"params.algorithm = 'gvpo'\""
+        ),
+    ] = "",
 ):
     """Tables, plots and report.md for an experiment, from MLflow alone."""
     from reports.report import build_report
 
-    result = build_report(experiment, tracking_uri, out)
+    result = build_report(experiment, tracking_uri, out, filter)
     _print_summary(result["summary"])
     console.print(f"report: {result['report']}")
 

@@ -9,7 +9,11 @@ from bench.errors import BenchError, did_you_mean
 from bench.tracking import client, resolve_uri
 
 
-def runs_frame(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
+def runs_frame(
+    experiment: str, tracking_uri: str | None = None, filter_string: str = ""
+) -> pd.DataFrame:
+    """Runs of ``experiment``, optionally selected by an MLflow filter on tags and params, e.g.
+    ``tags.`sweep.id` = 'ab12cd34ef56'`` or ``params.algorithm = 'gvpo'``."""
     uri = resolve_uri(tracking_uri)
     c = client(uri)
     exp = c.get_experiment_by_name(experiment)
@@ -21,7 +25,14 @@ def runs_frame(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame
     rows = []
     token = None
     while True:
-        page = c.search_runs([exp.experiment_id], max_results=1000, page_token=token)
+        try:
+            page = c.search_runs(
+                [exp.experiment_id], filter_string, max_results=1000, page_token=token
+            )
+        except Exception as e:  # MlflowException for a malformed filter
+            if not filter_string:
+                raise
+            raise BenchError(f"bad --filter '{filter_string}': {str(e).splitlines()[0]}") from None
         for r in page:
             row = {
                 "run_id": r.info.run_id,

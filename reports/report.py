@@ -46,11 +46,14 @@ def md_table(df: pd.DataFrame, floatfmt: str = "{:.3f}") -> str:
 
 
 def build_report(
-    experiment: str, tracking_uri: str | None = None, out_dir: Path | None = None
+    experiment: str,
+    tracking_uri: str | None = None,
+    out_dir: Path | None = None,
+    filter_string: str = "",
 ) -> dict:
     """Collect finished runs of ``experiment`` and write the report files. Returns paths + summary."""
     uri = resolve_uri(tracking_uri)
-    runs = runs_frame(experiment, uri)
+    runs = runs_frame(experiment, uri, filter_string)
     if runs.empty or "params.algorithm" not in runs:
         raise BenchError(f"experiment '{experiment}' has no runs to report")
     runs = latest_finished(runs)

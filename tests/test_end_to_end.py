@@ -198,3 +198,13 @@ def test_html_report_renders_in_a_real_browser(store, tmp_path):
     colour = (img.std(-1) > 0.1).mean()  # coloured plot lines / bands
     assert 0.001 < dark < 0.5 and colour > 0.0005, (dark, colour)
     assert result["report"].exists()
+
+
+def test_report_selects_runs_by_filter(store, tmp_path):
+    from bench.errors import BenchError
+
+    uri, _ = store
+    only = build_report("e2e", uri, tmp_path / "f", filter_string="params.algorithm = 'grpo'")
+    assert set(only["summary"].algorithm) == {"grpo"}
+    with pytest.raises(BenchError, match="bad --filter"):
+        build_report("e2e", uri, tmp_path / "g", filter_string="params.algorithm == grpo")

@@ -120,6 +120,9 @@ def test_replay_happens_in_a_run_and_is_logged(tracking_uri):
 
     cfg = load_config("bandit", ["sampling.replay_ratio=0.5", "train.steps=5", "eval.every=5"])
     final = train(cfg, tracking_uri=tracking_uri)
-    h = sorted(client(tracking_uri).get_metric_history(final["run_id"], "rollout/replay_frac"), key=lambda m: m.step)
+    h = sorted(
+        client(tracking_uri).get_metric_history(final["run_id"], "rollout/replay_frac"),
+        key=lambda m: m.step,
+    )
     assert [m.value for m in h] == [0.0, 0.5, 0.5, 0.5, 0.5]  # no history before the first step
     assert cfg.label == "gvpo[replay=0.5]"
