@@ -94,7 +94,6 @@ def compare(
     """Every algorithm x seed on the preset's task, then the report: bench compare [PRESET]."""
     from bench.compare import plan, run_all
     from bench.config import load_config
-    from reports.report import build_report
 
     preset, overrides = _split(args, "arithmetic")
     if algorithms:
@@ -115,15 +114,7 @@ def compare(
         cfg = load_config(preset, [*overrides, *extra])
         cfgs += plan(cfg, cfg.compare.algorithms, cfg.compare.seeds, threads)
     outcomes = run_all(cfgs, workers, tracking_uri)
-    failed = [o for o in outcomes if o.error]
-    result = build_report(cfg.tracking.experiment, tracking_uri)
-    _print_summary(result["summary"])
-    console.print(f"report: {result['report']}")
-    if failed:
-        console.print(
-            f"[red]{len(failed)} run(s) failed:[/red] {', '.join(o.name for o in failed)}"
-        )
-        raise typer.Exit(1)
+    _report_and_exit(outcomes, cfg.tracking.experiment, tracking_uri)
 
 
 @app.command()
@@ -145,7 +136,6 @@ def sweep(
     from bench.compare import run_all
     from bench.sweep import finished_points, plan
     from bench.tracking import resolve_uri
-    from reports.report import build_report
 
     preset, overrides = _split(args, "arithmetic")
     if not grid:
@@ -165,15 +155,7 @@ def sweep(
         return
     tags = [{"sweep.id": sid, "sweep.point": p} for p, _ in todo]
     outcomes = run_all([c for _, c in todo], workers, tracking_uri, tags)
-    result = build_report(points[0][1].tracking.experiment, tracking_uri)
-    _print_summary(result["summary"])
-    console.print(f"report: {result['report']}")
-    failed = [o for o in outcomes if o.error]
-    if failed:
-        console.print(
-            f"[red]{len(failed)} run(s) failed:[/red] {', '.join(o.name for o in failed)} (re-run to retry)"
-        )
-        raise typer.Exit(1)
+    _report_and_exit(outcomes, points[0][1].tracking.experiment, tracking_uri)
 
 
 @app.command()
@@ -216,6 +198,20 @@ def theory(
         console.print(
             f"[red]{len(failed)} run(s) failed:[/red] {', '.join(o.name for o in failed)}"
         )
+        raise typer.Exit(1)
+
+
+def _report_and_exit(outcomes, experiment: str, tracking_uri: str | None) -> None:
+    """Report from MLflow (whatever finished), then exit 1 if any run failed."""
+    from reports.report import build_report
+
+    result = build_report(experiment, tracking_uri)
+    _print_summary(result["summary"])
+    console.print(f"report: {result['report']}")
+    failed = [o for o in outcomes if o.error]
+    if failed:
+        names = ", ".join(escape(o.name) for o in failed)
+        console.print(f"[red]{len(failed)} run(s) failed:[/red] {names} (re-run to retry them)")
         raise typer.Exit(1)
 
 

@@ -10,6 +10,7 @@ import random
 import re
 from dataclasses import dataclass
 
+from bench.errors import BenchError
 from tasks import Task, TaskConfig, register
 
 _INT = re.compile(r"^\s*(-?\d+)\s*$")
@@ -34,7 +35,9 @@ class Arithmetic(Task):
     def __init__(self, cfg: Config):
         super().__init__(cfg)
         if cfg.digits < 1 or cfg.operands < 2 or not cfg.ops or set(cfg.ops) - set("+-*"):
-            raise ValueError("arithmetic needs digits >= 1, operands >= 2, ops drawn from '+-*'")
+            raise BenchError(
+                f"tasks.arithmetic: needs digits >= 1, operands >= 2 and ops from '+-*' (got {cfg.digits}, {cfg.operands}, '{cfg.ops}')"
+            )
         rng = random.Random(cfg.data_seed)
         space = (10**cfg.digits) ** cfg.operands * len(cfg.ops) ** (cfg.operands - 1)
         want = min(cfg.n_train + cfg.n_eval, space)
