@@ -116,10 +116,14 @@ def paired_difference(
 def stability_summary(
     runs: pd.DataFrame, history: pd.DataFrame, eval_key: str, drop: float = 0.05
 ) -> pd.DataFrame:
-    """Per label (algorithm): the mean over seeds of each per-run stability metric."""
+    """Per label (algorithm): the mean over seeds of each per-run stability metric, and a
+    bootstrap 95% interval of the final value."""
     per_run = run_stability(history, eval_key, drop).merge(
         runs[["run_id", "params.label"]], on="run_id"
     )
     out = per_run.drop(columns="run_id").groupby("params.label").mean(numeric_only=True)
     out.insert(0, "n_seeds", per_run.groupby("params.label").size())
+    boot = per_run.groupby("params.label")["final"].apply(lambda v: bootstrap_ci(v.to_numpy()))
+    out["final_boot_low"] = [lo for lo, _ in boot.reindex(out.index)]
+    out["final_boot_high"] = [hi for _, hi in boot.reindex(out.index)]
     return out.reset_index().rename(columns={"params.label": "algorithm"})
