@@ -78,9 +78,3 @@ def group_std(x: Tensor, group_ids: Tensor, unbiased: bool = True) -> Tensor:
     ss = torch.zeros(counts.shape[0], dtype=x.dtype, device=x.device).index_add(0, inv, dev2)
     denom = (counts - 1 if unbiased else counts).clamp(min=1).to(x.dtype)
     return (ss / denom).sqrt()[inv]
-
-
-def group_sizes(group_ids: Tensor) -> Tensor:
-    """k of each row's group, [B]."""
-    inv, counts = group_index(group_ids)
-    return counts[inv]

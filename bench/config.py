@@ -120,9 +120,6 @@ class RunConfig:
 
         return TASKS.get(self.task).Config(**self.tasks.get(self.task, {}))
 
-    def with_overrides(self, **changes: Any) -> RunConfig:
-        return dataclasses.replace(self, **changes)
-
 
 # ---------------------------------------------------------------- loading with line numbers
 
