@@ -194,6 +194,7 @@ def train(
     offline = cfg.sampling.source == "dataset"  # offline preference pairs instead of sampling
     train_rows = task.preference_rows() if offline else task.train_rows()
     policy, tokenizer, info = load_policy(cfg.model, task)
+    task.bind_tokenizer(tokenizer)
     seed_all(cfg.seed)
     reference = copy.deepcopy(policy).eval().requires_grad_(False)
     if offline:

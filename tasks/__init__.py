@@ -46,6 +46,9 @@ class Task:
             out.append(None if ok is None else float(ok))
         return out
 
+    def bind_tokenizer(self, tokenizer) -> None:
+        """Called once the model is loaded (e.g. to render prompts with its chat template)."""
+
     def policy_metrics(self, model) -> dict[str, float]:
         """Extra eval metrics computed from the model itself (e.g. distance to an exact optimum)."""
         return {}
