@@ -233,6 +233,47 @@ def _print_summary(summary) -> None:
     console.print(table)
 
 
+@app.command("eval")
+@user_errors
+def eval_(
+    model: Annotated[
+        str, typer.Argument(help="HF model id or checkpoint folder ('tiny' = untrained tiny model)")
+    ],
+    tasks: Annotated[str, typer.Option(help="comma-separated, e.g. math500,aime24,gsm8k")],
+    k: Annotated[int, typer.Option(help="samples per problem for avg@k / maj@k / pass@k")] = 4,
+    max_new_tokens: Annotated[int, typer.Option(help="completion budget")] = 512,
+    limit: Annotated[int, typer.Option(help="first N problems of each task (0 = all)")] = 0,
+    temperature: Annotated[float, typer.Option(help="sampling temperature of the k samples")] = 1.0,
+    seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
+    template: Annotated[
+        str, typer.Option(help="math prompt template: base, qwen_math or chat")
+    ] = "",
+    tracking_uri: TrackingUri = None,
+):
+    """Evaluate a model on tasks' eval splits, logged to MLflow (experiment 'eval') and JSON."""
+    from bench.evaluate import evaluate_model
+
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    result = evaluate_model(
+        model,
+        names,
+        k,
+        max_new_tokens,
+        limit,
+        temperature,
+        seed,
+        template,
+        tracking_uri=tracking_uri,
+    )
+    table = Table(title=f"bench eval {escape(model)}")
+    table.add_column("metric")
+    table.add_column("value")
+    for key, value in result["metrics"].items():
+        table.add_row(key, f"{value:.4f}")
+    console.print(table)
+    console.print(f"json: {result['json']}")
+
+
 @app.command()
 @user_errors
 def report(

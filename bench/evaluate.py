@@ -50,3 +50,72 @@ def evaluate(
     metrics["unscorable"] = float(unscorable)
     metrics |= task.policy_metrics(model)
     return {f"eval/{task.name}/{k}": v for k, v in metrics.items()}
+
+
+def evaluate_model(
+    model_name: str,
+    task_names: list[str],
+    k: int = 4,
+    max_new_tokens: int = 512,
+    limit: int = 0,
+    temperature: float = 1.0,
+    seed: int = 0,
+    template: str = "",
+    experiment: str = "eval",
+    tracking_uri: str | None = None,
+) -> dict:
+    """``bench eval``: greedy accuracy (pass@1 at temperature 0), avg@k, maj@k and pass@k with
+    seeded sampling, for a HF model id or checkpoint folder, logged to MLflow and written as JSON."""
+    import dataclasses
+    import json
+    import time
+
+    from bench.config import ModelConfig, build_dataclass
+    from bench.errors import BenchError
+    from bench.models import load_policy
+    from bench.paths import results_dir
+    from bench.rollout import HFSampler
+    from bench.tracking import Tracker, resolve_uri
+    from tasks import TASKS
+
+    tasks = [TASKS.get(name) for name in task_names]  # unknown names fail here, before loading
+    model = tokenizer = None
+    results: dict[str, float] = {}
+    for cls in tasks:
+        fields = {f.name for f in dataclasses.fields(cls.Config)}
+        settings = {"template": template} if template and "template" in fields else {}
+        if limit and "max_eval" in fields:
+            settings["max_eval"] = limit
+        task = cls(build_dataclass(cls.Config, settings, ("tasks", cls.name)))
+        if model is None:
+            model, tokenizer, _ = load_policy(
+                ModelConfig(name_or_path=model_name, warmstart_steps=0), task
+            )
+        task.bind_tokenizer(tokenizer)
+        ecfg = EvalConfig(max_prompts=limit or 10**9, k=k, temperature=temperature)
+        scfg = SamplingConfig(max_new_tokens=max_new_tokens)
+        results |= evaluate(model, tokenizer, task, HFSampler(), ecfg, scfg, seed)
+    if model is None:
+        raise BenchError("bench eval needs at least one task (--tasks gsm8k,math500)")
+    params = {
+        "model": model_name,
+        "tasks": ",".join(task_names),
+        "k": k,
+        "max_new_tokens": max_new_tokens,
+        "limit": limit,
+        "temperature": temperature,
+        "seed": seed,
+        "template": template or "default",
+    }
+    tracker = Tracker(
+        resolve_uri(tracking_uri), experiment, f"eval__{model_name.replace('/', '_')}", params, {}
+    )
+    tracker.log_metrics(results, 0)
+    out = results_dir() / "eval" / f"{model_name.replace('/', '_')}__{int(time.time())}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        json.dumps({"params": params, "metrics": results, "run_id": tracker.run_id}, indent=2)
+    )
+    tracker.log_text(out.read_text(), "eval.json")
+    tracker.end()
+    return {"metrics": results, "json": out, "run_id": tracker.run_id}

@@ -7,6 +7,7 @@ which bundled files it reads and how a row's gold answer is written.
 
 from __future__ import annotations
 
+import atexit
 import json
 import multiprocessing as mp
 from dataclasses import dataclass
@@ -128,8 +129,11 @@ _VERIFIERS: dict[float, Verifier] = {}
 
 
 def verifier(timeout: float) -> Verifier:
-    """One shared verifier process per time limit."""
-    return _VERIFIERS.setdefault(timeout, Verifier(timeout))
+    """One shared verifier process per time limit, stopped when Python exits."""
+    if timeout not in _VERIFIERS:
+        _VERIFIERS[timeout] = Verifier(timeout)
+        atexit.register(_VERIFIERS[timeout].close)
+    return _VERIFIERS[timeout]
 
 
 class MathTask(Task):

@@ -1,0 +1,66 @@
+"""Eval metrics with a scripted sampler (hand-derived values) and `bench eval` end to end."""
+
+import json
+
+import pytest
+import torch
+
+from bench.config import EvalConfig, SamplingConfig
+from bench.evaluate import evaluate, evaluate_model, majority
+from bench.rollout import Generation
+from tasks import TASKS
+
+
+class Scripted:
+    """Returns given completions: greedy answers, then k sampled answers per prompt."""
+
+    def __init__(self, greedy, sampled):
+        self.greedy, self.sampled = greedy, sampled
+
+    def generate(
+        self, model, tokenizer, prompts, k, max_new_tokens, temperature=1.0, top_p=1.0, greedy=False
+    ):
+        texts = self.greedy if greedy else self.sampled
+        n = len(texts)
+        z = torch.zeros(n, 1, dtype=torch.long)
+        return Generation(z, z, z, z, list(texts), torch.zeros(n, dtype=torch.bool))
+
+
+def test_accuracy_avg_maj_pass_hand_derived():
+    task = TASKS.get("arithmetic")(TASKS.get("arithmetic").Config(n_eval=2, n_train=10))
+    a, b = (r["answer"] for r in task.eval_rows())
+    # prompt 1: greedy right; samples [right, x, x] -> avg 1/3, maj x (wrong), pass yes
+    # prompt 2: greedy wrong; samples [right, right, wrong] -> avg 2/3, maj right, pass yes
+    sampler = Scripted([a, "x"], [a, "x", "x", b, b, "z"])
+    m = evaluate(
+        None, None, task, sampler, EvalConfig(max_prompts=2, k=3), SamplingConfig(), seed=0
+    )
+    assert m["eval/arithmetic/accuracy"] == 0.5
+    assert m["eval/arithmetic/avg_at_k"] == pytest.approx(0.5)
+    assert m["eval/arithmetic/maj_at_k"] == 0.5 and m["eval/arithmetic/pass_at_k"] == 1.0
+    assert majority([" 7", "7 ", "8"]) == "7"
+
+
+def test_bench_eval_on_a_checkpoint_folder(tmp_path, tracking_uri):
+    from bench.config import ModelConfig
+    from bench.models import build_tiny_model, build_tokenizer
+    from bench.tracking import client
+
+    tok = build_tokenizer()
+    build_tiny_model(
+        ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), tok
+    ).save_pretrained(tmp_path / "ckpt")
+    tok.save_pretrained(tmp_path / "ckpt")
+    out = evaluate_model(
+        str(tmp_path / "ckpt"),
+        ["amc23", "gsm8k"],
+        k=2,
+        max_new_tokens=6,
+        limit=3,
+        tracking_uri=tracking_uri,
+    )
+    data = json.loads(out["json"].read_text())
+    assert set(data["metrics"]) >= {"eval/amc23/accuracy", "eval/gsm8k/maj_at_k"}
+    assert all(0.0 <= v <= 6 for v in data["metrics"].values())
+    run = client(tracking_uri).get_run(out["run_id"])
+    assert run.data.params["tasks"] == "amc23,gsm8k" and "eval/gsm8k/avg_at_k" in run.data.metrics
