@@ -31,6 +31,15 @@ class RolloutBatch:
     def size(self) -> int:
         return self.rewards.shape[0]
 
+    def to(self, device) -> RolloutBatch:
+        """Every tensor field on ``device`` (the model's)."""
+        moved = {
+            f.name: getattr(self, f.name).to(device)
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), Tensor)
+        }
+        return replace(self, **moved)
+
     def select(self, idx: Tensor) -> RolloutBatch:
         """Rows ``idx`` of every tensor field (a minibatch)."""
         picked = {

@@ -22,6 +22,8 @@ PRESETS_DIR = Path(__file__).parent / "presets"
 @dataclass(frozen=True)
 class ModelConfig:
     name_or_path: str = "tiny"  # "tiny" = embedded default built offline; else HF id or local dir
+    device: str = "auto"  # "auto" = cuda if available, else cpu; or any torch device string
+    dtype: Literal["float32", "bfloat16"] = "float32"  # weights of a loaded checkpoint
     hidden_size: int = 128  # tiny model: width
     num_layers: int = 4  # tiny model: decoder layers
     num_heads: int = 4  # tiny model: attention heads

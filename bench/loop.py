@@ -25,7 +25,7 @@ from bench.evaluate import evaluate
 from bench.models import load_policy, n_params
 from bench.progress import bar
 from bench.rewards import score
-from bench.rollout import HFSampler, PreferencePairs, Sampler, token_logps
+from bench.rollout import HFSampler, PreferencePairs, Sampler, model_device, token_logps
 from bench.sources import Rollouts
 from bench.tracking import Tracker, resolve_uri
 from tasks import TASKS
@@ -105,7 +105,7 @@ def make_batch(
         values=values,
         input_ids=ids,
         attention_mask=attn,
-    )
+    ).to(model_device(policy))
 
 
 def update(
@@ -155,7 +155,7 @@ def trainables(policy, algo: Algorithm, cfg: RunConfig):
     """(value head or None, the optimiser over everything trained, the lr schedule)."""
     value_head = None
     if algo.needs.values:  # a linear value head on the policy's last hidden state (shared backbone)
-        value_head = torch.nn.Linear(policy.config.hidden_size, 1)
+        value_head = torch.nn.Linear(policy.config.hidden_size, 1).to(model_device(policy))
         torch.nn.init.zeros_(value_head.weight)
         torch.nn.init.zeros_(value_head.bias)
     params = list(policy.parameters()) + (list(value_head.parameters()) if value_head else [])

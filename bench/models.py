@@ -61,7 +61,7 @@ def build_tiny_model(cfg: ModelConfig, tokenizer) -> Qwen2ForCausalLM:
         num_attention_heads=cfg.num_heads,
         num_key_value_heads=cfg.num_heads,
         intermediate_size=cfg.intermediate_size,
-        max_position_embeddings=256,
+        max_position_embeddings=4096,
         tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -80,10 +80,16 @@ def _cache_key(cfg: ModelConfig, task) -> str:
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _load_pretrained(name: str):
+def device_of(cfg: ModelConfig) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def _load_pretrained(name: str, dtype: str = "float32"):
     try:
         tok = AutoTokenizer.from_pretrained(name)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=getattr(torch, dtype))
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BenchError(f"cannot load model.name_or_path='{name}': {first}") from None
@@ -151,20 +157,21 @@ def load_policy(cfg: ModelConfig, task):
             tok = build_tokenizer()
             model = build_tiny_model(cfg, tok)
         else:
-            model, tok = _load_pretrained(cfg.name_or_path)
-        return model.eval(), tok, {"cache": "", "cached": False}
+            model, tok = _load_pretrained(cfg.name_or_path, cfg.dtype)
+        return model.to(device_of(cfg)).eval(), tok, {"cache": "", "cached": False}
     key = _cache_key(cfg, task)
     path = cache_dir() / "models" / key
     if (path / "done.json").exists():
         tok = AutoTokenizer.from_pretrained(path)
         tok.padding_side = "left"
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-        return model.eval(), tok, {"cache": str(path), "cached": True}
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, cfg.dtype))
+        return model.to(device_of(cfg)).eval(), tok, {"cache": str(path), "cached": True}
     if cfg.name_or_path == "tiny":
         tok = build_tokenizer()
         model = build_tiny_model(cfg, tok)
     else:
-        model, tok = _load_pretrained(cfg.name_or_path)
+        model, tok = _load_pretrained(cfg.name_or_path, cfg.dtype)
+    model = model.to(device_of(cfg))
     losses = warm_start(model, tok, task, cfg)
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -111,11 +111,12 @@ class HFSampler:
         self, model, tokenizer, prompts, k, max_new_tokens, temperature=1.0, top_p=1.0, greedy=False
     ):
         prompt_ids, prompt_mask = _prompts(tokenizer, prompts, k)
+        device = model_device(model)
         chunks = []
         for s in range(0, prompt_ids.shape[0], self.batch_size):
             out = model.generate(
-                input_ids=prompt_ids[s : s + self.batch_size],
-                attention_mask=prompt_mask[s : s + self.batch_size],
+                input_ids=prompt_ids[s : s + self.batch_size].to(device),
+                attention_mask=prompt_mask[s : s + self.batch_size].to(device),
                 do_sample=not greedy,
                 temperature=temperature if not greedy else None,
                 top_p=top_p if not greedy else None,
@@ -124,7 +125,7 @@ class HFSampler:
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
             )
-            new = out[:, prompt_ids.shape[1] :]
+            new = out[:, prompt_ids.shape[1] :].cpu()  # rollouts live on the CPU; batches move
             chunks.append(
                 torch.nn.functional.pad(
                     new, (0, max_new_tokens - new.shape[1]), value=tokenizer.pad_token_id
@@ -163,6 +164,10 @@ class PreferencePairs:
         return Generation(prompt_ids, prompt_mask, ids, mask, texts, truncated, rewards=rewards)
 
 
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
 class TokenLogps(NamedTuple):
     logp: Tensor  # [B, T] log-prob of each completion token
     entropy: Tensor | None  # [B, T] entropy of the next-token distribution (detached)
@@ -182,6 +187,8 @@ def token_logps(
     hidden states). Position ids follow the attention mask, as in generate, so left padding does
     not shift them."""
     T = completion_len
+    device = model_device(model)
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     out = model(
         input_ids=input_ids,

@@ -86,7 +86,7 @@ class Rollouts:
         with torch.no_grad():
             gen.behaviour_logp = token_logps(
                 model, gen.input_ids, gen.attention_mask, s.max_new_tokens, s.temperature
-            ).logp
+            ).logp.cpu()
         return gen
 
     def _uniform(self, tokenizer, prompts, n) -> Generation:

@@ -16,7 +16,7 @@ runner = CliRunner()
     ("args", "expected"),
     [
         (["run", "smoke", "algorithm=gpvo"], "did you mean 'gvpo'?"),
-        (["run", "smoke", "task=arith"], "did you mean 'arithmetic'?"),
+        (["run", "smoke", "task=arithmetik"], "did you mean 'arithmetic'?"),
         (["run", "smok"], "unknown preset 'smok' (did you mean 'smoke'?)"),
         (
             ["run", "smoke", "train.stepz=3"],
