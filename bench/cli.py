@@ -57,6 +57,13 @@ def run(
         list[str] | None, typer.Argument(help="PRESET then key=value overrides")
     ] = None,
     tracking_uri: TrackingUri = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="one step on a tiny stand-in model: checks config, data, template, reward",
+        ),
+    ] = False,
 ):
     """Train one run: bench run PRESET [key=value ...]."""
     from bench.config import load_config
@@ -64,6 +71,15 @@ def run(
 
     preset, overrides = _split(args, "arithmetic")
     cfg = load_config(preset, overrides)
+    if dry_run:
+        from bench.dryrun import dry_run as check
+
+        for key, value in check(cfg).items():
+            console.print(f"{key}: {escape(str(value))}", highlight=False)
+        console.print(
+            f"dry run of '{preset}' ok: config, data, template, reward and one {cfg.algorithm} step"
+        )
+        return
     final = train(cfg, tracking_uri=tracking_uri)
     shown = {k: v for k, v in final.items() if k.startswith("eval/")}
     for k, v in shown.items():

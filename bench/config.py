@@ -62,6 +62,7 @@ class TrainConfig:
     epochs: int = 1  # passes over each rollout batch
     minibatches: int = 1  # optimiser steps per pass; minibatches hold whole groups
     threads: int = 0  # torch threads (0 = leave torch's default)
+    save_checkpoint: bool = False  # save the final policy under results/checkpoints/<run_id>
 
 
 @dataclass(frozen=True)

@@ -79,6 +79,7 @@ def evaluate_model(
     from tasks import TASKS
 
     tasks = [TASKS.get(name) for name in task_names]  # unknown names fail here, before loading
+    model_name = checkpoint_of(model_name, tracking_uri)
     model = tokenizer = None
     results: dict[str, float] = {}
     for cls in tasks:
@@ -119,3 +120,24 @@ def evaluate_model(
     tracker.log_text(out.read_text(), "eval.json")
     tracker.end()
     return {"metrics": results, "json": out, "run_id": tracker.run_id}
+
+
+def checkpoint_of(model_or_run: str, tracking_uri: str | None) -> str:
+    """A training run id with a saved checkpoint -> that folder; anything else unchanged."""
+    import re
+
+    from bench.errors import BenchError
+    from bench.tracking import client, resolve_uri
+
+    if not re.fullmatch(r"[0-9a-f]{32}", model_or_run):
+        return model_or_run
+    try:
+        run = client(resolve_uri(tracking_uri)).get_run(model_or_run)
+    except Exception:
+        raise BenchError(f"no run {model_or_run} in {resolve_uri(tracking_uri)}") from None
+    path = run.data.tags.get("checkpoint")
+    if not path:
+        raise BenchError(
+            f"run {model_or_run} saved no checkpoint (train with train.save_checkpoint=true)"
+        )
+    return path

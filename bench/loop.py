@@ -177,6 +177,12 @@ def trainables(policy, algo: Algorithm, cfg: RunConfig):
     return value_head, opt, sched
 
 
+def checkpoint_dir(run_id: str):
+    from bench.paths import results_dir
+
+    return results_dir() / "checkpoints" / run_id
+
+
 def train(
     cfg: RunConfig,
     sampler: Sampler | None = None,
@@ -292,6 +298,11 @@ def train(
                 if step % cfg.eval.every == 0 or step == cfg.train.steps:
                     run_eval(step)
                 progress.update(job, advance=1, info=f"reward {rewards.mean():.3f}")
+        if cfg.train.save_checkpoint:
+            path = checkpoint_dir(tracker.run_id)
+            policy.save_pretrained(path)
+            tokenizer.save_pretrained(path)
+            tracker.set_tags({"checkpoint": str(path)})
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"

@@ -64,3 +64,34 @@ def test_bench_eval_on_a_checkpoint_folder(tmp_path, tracking_uri):
     assert all(0.0 <= v <= 6 for v in data["metrics"].values())
     run = client(tracking_uri).get_run(out["run_id"])
     assert run.data.params["tasks"] == "amc23,gsm8k" and "eval/gsm8k/avg_at_k" in run.data.metrics
+
+
+@pytest.mark.parametrize("preset", ["paper_math_7b", "paper_math_1p5b"])
+def test_gpu_presets_dry_run_here(preset):
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    result = CliRunner().invoke(app, ["run", preset, "--dry-run"])
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert (
+        f"dry run of '{preset}' ok" in out
+        and "Qwen/Qwen2.5-Math" in out
+        and "eval rows: 500" in out
+    )
+
+
+def test_eval_a_training_run_by_id(tracking_uri):
+    from bench.config import load_config
+    from bench.errors import BenchError
+    from bench.loop import train
+
+    final = train(load_config("smoke", ["train.save_checkpoint=true"]), tracking_uri=tracking_uri)
+    out = evaluate_model(
+        final["run_id"], ["arithmetic"], k=2, max_new_tokens=4, limit=5, tracking_uri=tracking_uri
+    )
+    assert 0 <= out["metrics"]["eval/arithmetic/accuracy"] <= 1
+    plain = train(load_config("smoke"), tracking_uri=tracking_uri)
+    with pytest.raises(BenchError, match="saved no checkpoint"):
+        evaluate_model(plain["run_id"], ["arithmetic"], tracking_uri=tracking_uri)
