@@ -264,6 +264,9 @@ def eval_(
     template: Annotated[
         str, typer.Option(help="math prompt template: base, qwen_math or chat")
     ] = "",
+    lm_eval: Annotated[
+        bool, typer.Option("--lm-eval", help="also run the tasks through lm-eval (greedy)")
+    ] = False,
     tracking_uri: TrackingUri = None,
 ):
     """Evaluate a model on tasks' eval splits, logged to MLflow (experiment 'eval') and JSON."""
@@ -280,6 +283,7 @@ def eval_(
         seed,
         template,
         tracking_uri=tracking_uri,
+        lm_eval=lm_eval,
     )
     table = Table(title=f"bench eval {escape(model)}")
     table.add_column("metric")

@@ -63,6 +63,7 @@ def evaluate_model(
     template: str = "",
     experiment: str = "eval",
     tracking_uri: str | None = None,
+    lm_eval: bool = False,
 ) -> dict:
     """``bench eval``: greedy accuracy (pass@1 at temperature 0), avg@k, maj@k and pass@k with
     seeded sampling, for a HF model id or checkpoint folder, logged to MLflow and written as JSON."""
@@ -81,6 +82,7 @@ def evaluate_model(
     tasks = [TASKS.get(name) for name in task_names]  # unknown names fail here, before loading
     model_name = checkpoint_of(model_name, tracking_uri)
     model = tokenizer = None
+    built = []
     results: dict[str, float] = {}
     for cls in tasks:
         fields = {f.name for f in dataclasses.fields(cls.Config)}
@@ -88,6 +90,7 @@ def evaluate_model(
         if limit and "max_eval" in fields:
             settings["max_eval"] = limit
         task = cls(build_dataclass(cls.Config, settings, ("tasks", cls.name)))
+        built.append(task)
         if model is None:
             model, tokenizer, _ = load_policy(
                 ModelConfig(name_or_path=model_name, warmstart_steps=0), task
@@ -98,6 +101,13 @@ def evaluate_model(
         results |= evaluate(model, tokenizer, task, HFSampler(), ecfg, scfg, seed)
     if model is None:
         raise BenchError("bench eval needs at least one task (--tasks gsm8k,math500)")
+    if lm_eval:  # the same tasks through lm-evaluation-harness: greedy, same token budget
+        from bench.lmeval import evaluate_with_lmeval
+
+        lm_metrics, _ = evaluate_with_lmeval(
+            model_name, built, results_dir() / "lmeval_tasks", limit, max_new_tokens
+        )
+        results |= lm_metrics
     params = {
         "model": model_name,
         "tasks": ",".join(task_names),
