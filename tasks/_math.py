@@ -35,8 +35,10 @@ TEMPLATES = {
 @dataclass(frozen=True)
 class MathConfig(TaskConfig):
     template: Literal["base", "qwen_math", "chat"] = "base"  # prompt format (see TEMPLATES)
-    train_file: str = ""  # JSONL path; "" = the bundled subset
-    eval_file: str = ""  # JSONL path; "" = the bundled file
+    train_file: str = (
+        ""  # JSONL path, or hf:NAME[:CONFIG]:SPLIT, or a save_to_disk folder; "" = bundled
+    )
+    eval_file: str = ""  # the same for the eval split
     skip_malformed: bool = False  # skip and count bad rows instead of stopping with file:line
     max_eval: int = 0  # use the first N eval rows (0 = all)
     verify_timeout: float = 5.0  # hard limit per answer check, seconds (then scored 0, counted)
@@ -81,6 +83,38 @@ def last_boxed(text: str) -> str:
         if depth == 0:
             return text[i + 1 : j]
     return text[i + 1 :]
+
+
+def load_hf(spec: str, required: list[str], skip_malformed: bool) -> tuple[list[dict], int]:
+    """Rows of a Hugging Face data set: ``hf:NAME[:CONFIG]:SPLIT`` (hub or local cache) or a
+    folder written by ``Dataset.save_to_disk``. Bad rows as in ``load_jsonl`` (row index)."""
+    import datasets
+
+    try:
+        if spec.startswith("hf:"):
+            parts = spec[3:].split(":")
+            if len(parts) not in (2, 3):
+                raise BenchError(f"'{spec}' must look like hf:NAME:SPLIT or hf:NAME:CONFIG:SPLIT")
+            name, *config, split = parts
+            data = datasets.load_dataset(name, *config, split=split)
+        else:
+            data = datasets.load_from_disk(spec)
+    except BenchError:
+        raise
+    except Exception as e:  # offline, unknown name, bad folder
+        raise BenchError(f"cannot load data set '{spec}': {str(e).splitlines()[0]}") from None
+    rows, skipped = [], 0
+    for i, row in enumerate(data):
+        missing = [k for k in required if row.get(k) in (None, "")]
+        if missing:
+            if not skip_malformed:
+                raise BenchError(
+                    f"{spec} row {i}: missing field '{missing[0]}' (set skip_malformed=true to skip such rows)"
+                )
+            skipped += 1
+            continue
+        rows.append(dict(row))
+    return rows, skipped
 
 
 def _verify(completion: str, gold: str) -> bool:
@@ -172,7 +206,10 @@ class MathTask(Task):
         files = [Path(path)] if path else [DATA / f for f in bundled]
         rows = []
         for f in files:
-            raw, skipped = load_jsonl(f, self.required, self.cfg.skip_malformed)
+            if path.startswith("hf:") or (f / "dataset_info.json").exists():
+                raw, skipped = load_hf(path, self.required, self.cfg.skip_malformed)
+            else:
+                raw, skipped = load_jsonl(f, self.required, self.cfg.skip_malformed)
             self.skipped += skipped
             rows += [
                 {

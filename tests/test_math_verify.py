@@ -135,3 +135,29 @@ def test_templates():
     qwen = TASKS.get("gsm8k")(TASKS.get("gsm8k").Config(template="qwen_math"))
     assert base.eval_rows()[0]["prompt"].startswith("Janet")
     assert qwen.eval_rows()[0]["prompt"].startswith("<|im_start|>system")
+
+
+def test_hugging_face_dataset_folder_and_bad_spec(tmp_path):
+    from datasets import Dataset
+
+    Dataset.from_list(
+        [{"question": "1+1?", "answer": "so #### 2"}, {"question": "2+2?", "answer": "#### 4"}]
+    ).save_to_disk(tmp_path / "ds")
+    task = TASKS.get("gsm8k")(TASKS.get("gsm8k").Config(eval_file=str(tmp_path / "ds")))
+    assert [r["answer"] for r in task.eval_rows()] == ["2", "4"]
+    with pytest.raises(BenchError, match="must look like hf:NAME:SPLIT"):
+        TASKS.get("gsm8k")(TASKS.get("gsm8k").Config(eval_file="hf:gsm8k"))
+    with pytest.raises(BenchError, match="cannot load data set 'hf:no-such/data:test'"):
+        TASKS.get("gsm8k")(TASKS.get("gsm8k").Config(eval_file="hf:no-such/data:test"))
+
+
+def test_arithmetic_boxed_scores_with_math_verify():
+    task = TASKS.get("arithmetic_boxed")(TASKS.get("arithmetic_boxed").Config(n_train=10, n_eval=5))
+    row = task.eval_rows()[0]
+    assert task.reward(
+        [row["prompt"]] * 3,
+        [f"\\boxed{{{row['answer']}}}", "\\boxed{999}", "no idea"],
+        answer=[row["answer"]] * 3,
+    ) == [1.0, 0.0, 0.0]
+    prompt, target = task.sft_examples()[0]
+    assert target.startswith("\\boxed{") and prompt.endswith("=")
