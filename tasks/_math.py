@@ -117,7 +117,7 @@ def load_hf(spec: str, required: list[str], skip_malformed: bool) -> tuple[list[
     return rows, skipped
 
 
-def _verify(completion: str, gold: str) -> bool:
+def _verify(completion: str, gold: str) -> bool | None:
     """Runs in the verifier process: math-verify parse + verify (its own timeouts apply too)."""
     from math_verify import parse, verify
 
@@ -126,8 +126,11 @@ def _verify(completion: str, gold: str) -> bool:
     elif "####" in completion:  # GSM8K style final answer
         completion = "$" + completion.rsplit("####", 1)[1].strip().replace(",", "") + "$"
     gold_text = gold if ("$" in gold or "\\boxed" in gold) else f"${gold}$"
-    g, p = parse(gold_text), parse(completion)
-    return bool(g) and bool(p) and bool(verify(g, p))
+    try:
+        g, p = parse(gold_text), parse(completion)
+        return bool(g) and bool(p) and bool(verify(g, p))
+    except Exception:  # a crash inside math-verify on odd input: unscorable, counted
+        return None
 
 
 class Verifier:
@@ -149,8 +152,6 @@ class Verifier:
             self.pool.terminate()
             self.pool = None
             self.timeouts += 1
-            return None
-        except Exception:  # a crash inside math-verify: unscorable, counted as None
             return None
 
     def close(self) -> None:
