@@ -199,6 +199,11 @@ def train(
     sampler = sampler or HFSampler()
     offline = cfg.sampling.source == "dataset"  # offline preference pairs instead of sampling
     train_rows = task.preference_rows() if offline else task.train_rows()
+    pool = train_rows[: cfg.train.prompt_pool] if cfg.train.prompt_pool else train_rows
+    if len(pool) < cfg.train.prompts_per_step:  # checked before anything is logged
+        raise BenchError(
+            f"train.prompts_per_step={cfg.train.prompts_per_step} exceeds the {len(pool)} train prompts"
+        )
     policy, tokenizer, info = load_policy(cfg.model, task)
     task.bind_tokenizer(tokenizer)
     seed_all(cfg.seed)
@@ -224,11 +229,6 @@ def train(
     )
     tracker.log_text(to_yaml(cfg), "config.yaml")
     k = cfg.sampling.k
-    pool = train_rows[: cfg.train.prompt_pool] if cfg.train.prompt_pool else train_rows
-    if len(pool) < cfg.train.prompts_per_step:
-        raise BenchError(
-            f"train.prompts_per_step={cfg.train.prompts_per_step} exceeds the {len(pool)} train prompts"
-        )
     stream = prompt_stream(pool, cfg.train.prompts_per_step, cfg.seed)
     mb_gen = torch.Generator().manual_seed(cfg.seed)
     samples: list[str] = []
