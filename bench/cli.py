@@ -294,6 +294,61 @@ def eval_(
     console.print(f"json: {result['json']}")
 
 
+@app.command("train-rm")
+@user_errors
+def train_rm(
+    task: Annotated[
+        str, typer.Option(help="task whose preference pairs train the model")
+    ] = "hh_rlhf",
+    steps: Annotated[int, typer.Option(help="optimiser steps")] = 300,
+    batch: Annotated[int, typer.Option(help="pairs per step")] = 32,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate")] = 1e-3,
+    model: Annotated[
+        str, typer.Option(help="'tiny' or a HF id / folder for the backbone")
+    ] = "tiny",
+    max_length: Annotated[int, typer.Option(help="tokens of prompt + response kept")] = 256,
+    tracking_uri: TrackingUri = None,
+):
+    """Train a Bradley-Terry reward model on a task's preference pairs; held-out pairwise accuracy."""
+    import time
+
+    from bench.paths import results_dir
+    from bench.reward_model import RMConfig, train_reward_model
+    from bench.tracking import Tracker, resolve_uri
+    from tasks import TASKS
+
+    cls = TASKS.get(task)
+    t = cls(cls.Config())
+    held = [r for r in t.eval_rows() if "chosen" in r]  # the task's held-out pairs, if it has them
+    train = t.preference_rows()
+    if not held:  # else hold out the last tenth of the training pairs
+        cut = len(train) * 9 // 10
+        train, held = train[:cut], train[cut:]
+    cfg = RMConfig(name_or_path=model, steps=steps, batch=batch, lr=lr, max_length=max_length)
+    rm, tok, metrics = train_reward_model(train, held, cfg)
+    out = results_dir() / "reward_models" / f"{task}__{int(time.time())}"
+    rm.save_pretrained(out)
+    tok.save_pretrained(out)
+    params = {
+        "task": task,
+        "model": model,
+        "steps": steps,
+        "batch": batch,
+        "lr": lr,
+        "max_length": max_length,
+        "n_train": len(train),
+        "n_heldout": len(held),
+    }
+    tracker = Tracker(
+        resolve_uri(tracking_uri), "reward_models", f"rm__{task}", params, {"path": str(out)}
+    )
+    tracker.log_metrics(metrics, steps)
+    tracker.end()
+    for key, value in metrics.items():
+        console.print(f"{key} = {value:.4f}")
+    console.print(f"reward model: {out}")
+
+
 @app.command()
 @user_errors
 def report(
