@@ -56,7 +56,9 @@ def run_all(
 
     for key in sorted({(c.task, repr(c.model), repr(c.task_config())) for c in cfgs}):
         c = next(c for c in cfgs if (c.task, repr(c.model), repr(c.task_config())) == key)
-        load_policy(c.model, TASKS.get(c.task)(c.task_config()))
+        task = TASKS.get(c.task)(c.task_config())
+        task.prepare()
+        load_policy(c.model, task)
     # Create the MLflow store and experiments here: concurrent first-time migrations of one
     # SQLite file by several workers corrupt it.
     for uri, exp in sorted(

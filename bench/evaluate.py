@@ -47,6 +47,10 @@ def evaluate(
             "pass_at_k": sum(any(bool(h) for h in hs) for hs in hits) / len(rows),
             "maj_at_k": sum(bool(m) for m in maj) / len(rows),
         }
+    if ecfg.k > 0:
+        metrics |= task.reward_metrics([p for p in prompts for _ in range(ecfg.k)], sampled.texts)
+    else:
+        metrics |= task.reward_metrics(prompts, greedy.texts)
     metrics["unscorable"] = float(unscorable)
     metrics |= task.policy_metrics(model)
     return {f"eval/{task.name}/{k}": v for k, v in metrics.items()}

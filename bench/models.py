@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -173,13 +174,16 @@ def load_policy(cfg: ModelConfig, task):
         model, tok = _load_pretrained(cfg.name_or_path, cfg.dtype)
     model = model.to(device_of(cfg))
     losses = warm_start(model, tok, task, cfg)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")  # concurrent builders do not collide
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     (tmp / "done.json").write_text(json.dumps({"final_loss": losses[-1], "task": task.name}))
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.rename(path)
+    if (path / "done.json").exists():  # another process finished first: keep its copy
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+        tmp.rename(path)
     return model.eval(), tok, {"cache": str(path), "cached": False}
 
 

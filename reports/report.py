@@ -22,7 +22,7 @@ from reports.plots import (
 from reports.stability import paired_difference, stability_summary
 from reports.summary import curves, curves_vs, final_values, latest_finished, sensitivity, summarize
 
-EVAL_METRICS = ["accuracy", "avg_at_k", "maj_at_k", "pass_at_k"]
+EVAL_METRICS = ["accuracy", "avg_at_k", "maj_at_k", "pass_at_k", "gold_reward", "proxy_reward"]
 SWEPT = ["sampling.replay_ratio", "algorithm.beta", "sampling.k", "train.lr"]  # sensitivity plots
 TRAIN_KEYS = [
     "train/grad_norm",
@@ -131,6 +131,19 @@ def build_report(
             )
             fig.savefig(out / f"seed_spread{suffix}.png")
             plots.append(f"seed_spread{suffix}.png")
+    for task in tasks:
+        task_runs = runs[runs["params.task"] == task]
+        gold = curves_vs(task_runs, history, f"eval/{task}/gold_reward", "train/kl_ref")
+        proxy = curves_vs(task_runs, history, f"eval/{task}/proxy_reward", "train/kl_ref")
+        if not gold.empty and not proxy.empty:
+            name = "overoptimisation.png" if len(tasks) == 1 else f"overoptimisation_{task}.png"
+            fig = curves_by_compute(
+                {"KL to reference (proxy reward)": proxy, "KL to reference (gold reward)": gold},
+                "reward",
+                f"{experiment}: {task}, proxy vs gold",
+            )
+            fig.savefig(out / name)
+            plots.append(name)
     kl, reward = curves(runs, history, "train/kl_ref"), curves(runs, history, "train/reward/mean")
     if not kl.empty and not reward.empty:
         kl_reward_frontier(kl, reward, f"{experiment}: reward vs KL").savefig(

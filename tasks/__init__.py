@@ -49,6 +49,14 @@ class Task:
     def bind_tokenizer(self, tokenizer) -> None:
         """Called once the model is loaded (e.g. to render prompts with its chat template)."""
 
+    def prepare(self) -> None:
+        """Expensive one-time setup (e.g. training a proxy reward model), run once in the parent
+        process before parallel runs start."""
+
+    def reward_metrics(self, prompts: list[str], completions: list[str]) -> dict[str, float]:
+        """Extra eval metrics over sampled completions (e.g. gold and proxy reward)."""
+        return {}
+
     def policy_metrics(self, model) -> dict[str, float]:
         """Extra eval metrics computed from the model itself (e.g. distance to an exact optimum)."""
         return {}

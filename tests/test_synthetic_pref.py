@@ -1,0 +1,45 @@
+"""Synthetic alignment: the gold rule by hand, and a short compare that draws the over-optimisation plot."""
+
+import pytest
+
+from tasks.synthetic_pref import gold
+
+pytestmark = pytest.mark.slow
+
+
+def test_gold_reward_hand_checked():
+    assert gold("1772", max_len=8, penalty=1.5) == 2
+    assert gold(" 77777777 ", max_len=8, penalty=1.5) == 8
+    assert gold("7777777777", max_len=8, penalty=1.5) == 10 - 3.0  # two characters too long
+    assert gold("", max_len=8, penalty=1.5) == 0
+
+
+def test_short_compare_logs_gold_and_proxy_and_plots_overoptimisation(tmp_path):
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+    from reports.report import build_report
+
+    uri = f"sqlite:///{tmp_path / 'sp.db'}"
+    args = [
+        "compare",
+        "smoke",
+        "task=synthetic_pref",
+        "tasks.synthetic_pref.rm_steps=20",
+        "sampling.max_new_tokens=10",
+        "tracking.experiment=sp",
+        "--algorithms",
+        "gvpo,grpo",
+        "--seeds",
+        "1",
+        "--workers",
+        "1",
+        "--tracking-uri",
+        uri,
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    out = build_report("sp", uri, tmp_path / "rep")
+    metrics = set(out["summary"].metric)
+    assert {"gold_reward", "proxy_reward"} <= metrics
+    assert (tmp_path / "rep" / "overoptimisation.png").stat().st_size > 10_000
