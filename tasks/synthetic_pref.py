@@ -52,6 +52,29 @@ class SyntheticPref(Task):
     def gold(self, text: str) -> float:
         return gold(text, self.cfg.max_len, self.cfg.penalty)
 
+    def pairs(self) -> list[dict]:
+        """The noisy gold-labelled preference pairs (the proxy's training data, and offline DPO's)."""
+        rng = random.Random(self.cfg.data_seed)
+        pairs = []
+        while len(pairs) < self.cfg.n_pairs:
+            a, b = self._random_string(rng), self._random_string(rng)
+            if self.gold(a) == self.gold(b):
+                continue
+            hi, lo = (a, b) if self.gold(a) > self.gold(b) else (b, a)
+            if rng.random() < self.cfg.noise:
+                hi, lo = lo, hi
+            pairs.append(
+                {"prompt": rng.choice(self._train)["prompt"], "chosen": hi, "rejected": lo}
+            )
+        return pairs
+
+    def preference_rows(self) -> list[dict]:
+        """One pair per training prompt (its first), for offline DPO with k=2."""
+        first: dict[str, dict] = {}
+        for p in self.pairs():
+            first.setdefault(p["prompt"], p)
+        return list(first.values())
+
     def proxy(self):
         """The proxy reward model, trained once and cached under results/cache/rm/<hash>."""
         if self._proxy is None:
@@ -63,18 +86,7 @@ class SyntheticPref(Task):
             ]
             path = cache_dir() / "rm" / key
             if not (path / "config.json").exists():
-                rng = random.Random(self.cfg.data_seed)
-                pairs = []
-                while len(pairs) < self.cfg.n_pairs:
-                    a, b = self._random_string(rng), self._random_string(rng)
-                    if self.gold(a) == self.gold(b):
-                        continue
-                    hi, lo = (a, b) if self.gold(a) > self.gold(b) else (b, a)
-                    if rng.random() < self.cfg.noise:
-                        hi, lo = lo, hi
-                    pairs.append(
-                        {"prompt": rng.choice(self._train)["prompt"], "chosen": hi, "rejected": lo}
-                    )
+                pairs = self.pairs()
                 cut = len(pairs) * 9 // 10
                 cfg = RMConfig(
                     hidden_size=32, num_layers=1, steps=self.cfg.rm_steps, lr=3e-3, max_length=64

@@ -43,3 +43,17 @@ def test_short_compare_logs_gold_and_proxy_and_plots_overoptimisation(tmp_path):
     metrics = set(out["summary"].metric)
     assert {"gold_reward", "proxy_reward"} <= metrics
     assert (tmp_path / "rep" / "overoptimisation.png").stat().st_size > 10_000
+
+
+def test_preference_pairs_are_short_and_mostly_gold_ordered():
+    from tasks import TASKS
+
+    task = TASKS.get("synthetic_pref")(TASKS.get("synthetic_pref").Config())
+    pairs = task.pairs()
+    assert len(pairs) == 3000 and all(
+        len(p["chosen"]) <= 8 and len(p["rejected"]) <= 8 for p in pairs
+    )
+    agree = sum(task.gold(p["chosen"]) > task.gold(p["rejected"]) for p in pairs) / len(pairs)
+    assert 0.75 < agree < 0.85  # 20% of labels flipped
+    rows = task.preference_rows()
+    assert len(rows) == len({r["prompt"] for r in rows}) == 200
