@@ -307,6 +307,9 @@ def train_rm(
         str, typer.Option(help="'tiny' or a HF id / folder for the backbone")
     ] = "tiny",
     max_length: Annotated[int, typer.Option(help="tokens of prompt + response kept")] = 256,
+    pandalm: Annotated[
+        bool, typer.Option("--pandalm", help="also score PandaLM's human-labelled pairs")
+    ] = False,
     tracking_uri: TrackingUri = None,
 ):
     """Train a Bradley-Terry reward model on a task's preference pairs; held-out pairwise accuracy."""
@@ -326,6 +329,11 @@ def train_rm(
         train, held = train[:cut], train[cut:]
     cfg = RMConfig(name_or_path=model, steps=steps, batch=batch, lr=lr, max_length=max_length)
     rm, tok, metrics = train_reward_model(train, held, cfg)
+    if pandalm:  # human-labelled pairs from another distribution: an extra held-out check
+        from bench.pandalm import pandalm_pairs
+        from bench.reward_model import pairwise_accuracy
+
+        metrics["rm/pandalm_accuracy"] = pairwise_accuracy(rm, tok, pandalm_pairs(), max_length)
     out = results_dir() / "reward_models" / f"{task}__{int(time.time())}"
     rm.save_pretrained(out)
     tok.save_pretrained(out)

@@ -95,3 +95,80 @@ def test_train_rm_cli_on_arithmetic_pairs(tracking_uri):
     )
     assert result.exit_code == 0, result.output
     assert "rm/heldout_accuracy" in result.output and "reward model:" in result.output
+
+
+def test_pandalm_pairs_follow_the_human_majority(tmp_path):
+    import json
+
+    from bench.pandalm import pandalm_pairs
+
+    assert len(pandalm_pairs()) == 894  # 999 rows minus 105 ties (0 = tie wins the vote)
+    rows = [
+        {
+            "instruction": "Say hi",
+            "input": "",
+            "response1": "hi",
+            "response2": "bye",
+            "annotator1": 1,
+            "annotator2": 1,
+            "annotator3": 2,
+        },
+        {
+            "instruction": "Add",
+            "input": "1+1",
+            "response1": "3",
+            "response2": "2",
+            "annotator1": 2,
+            "annotator2": 0,
+            "annotator3": 2,
+        },
+        {
+            "instruction": "Tie",
+            "input": "",
+            "response1": "a",
+            "response2": "b",
+            "annotator1": 0,
+            "annotator2": 0,
+            "annotator3": 1,
+        },
+        {
+            "instruction": "Split",
+            "input": "",
+            "response1": "a",
+            "response2": "b",
+            "annotator1": 0,
+            "annotator2": 1,
+            "annotator3": 2,
+        },
+    ]
+    (tmp_path / "p.json").write_text(json.dumps(rows))
+    pairs = pandalm_pairs(tmp_path / "p.json")
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("hi", "bye"), ("2", "3")]
+    assert pairs[1]["prompt"] == "Add\n\n1+1\n\n"
+
+
+@pytest.mark.slow
+def test_train_rm_reports_pandalm_accuracy(tracking_uri):
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    result = CliRunner().invoke(
+        app,
+        [
+            "train-rm",
+            "--task",
+            "arithmetic",
+            "--steps",
+            "3",
+            "--batch",
+            "8",
+            "--pandalm",
+            "--max-length",
+            "64",
+            "--tracking-uri",
+            tracking_uri,
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "rm/pandalm_accuracy" in result.output
