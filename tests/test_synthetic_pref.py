@@ -57,3 +57,21 @@ def test_preference_pairs_are_short_and_mostly_gold_ordered():
     assert 0.75 < agree < 0.85  # 20% of labels flipped
     rows = task.preference_rows()
     assert len(rows) == len({r["prompt"] for r in rows}) == 200
+
+
+def test_proxy_reward_model_is_well_above_chance_on_clean_gold_pairs():
+    import random
+
+    from bench.reward_model import pairwise_accuracy
+    from tasks import TASKS
+
+    task = TASKS.get("synthetic_pref")(TASKS.get("synthetic_pref").Config(rm_steps=150))
+    proxy = task.proxy()  # trained on labels with 20% flipped
+    rng = random.Random(99)
+    clean = []
+    while len(clean) < 300:
+        a, b = task._random_string(rng), task._random_string(rng)
+        if task.gold(a) != task.gold(b):
+            hi, lo = (a, b) if task.gold(a) > task.gold(b) else (b, a)
+            clean.append({"prompt": "007:", "chosen": hi, "rejected": lo})
+    assert pairwise_accuracy(proxy.model, proxy.tok, clean, 64) > 0.8
