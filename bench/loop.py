@@ -162,7 +162,10 @@ def trainables(policy, algo: Algorithm, cfg: RunConfig):
     if cfg.train.optimizer == "sgd":
         opt = torch.optim.SGD(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     else:
-        opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        fused = all(p.device.type in ("cpu", "cuda") for p in params)  # one kernel for all params
+        opt = torch.optim.AdamW(
+            params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, fused=fused
+        )
     warm = max(cfg.train.warmup_steps, 0)
     total = max(cfg.train.steps * cfg.train.epochs * cfg.train.minibatches, 1)
 

@@ -110,3 +110,54 @@ def test_arithmetic_preference_pairs_are_right_vs_near_miss():
     task = TASKS.get("arithmetic")(TASKS.get("arithmetic").Config())
     for r in task.preference_rows()[:50]:
         assert r["chosen"] == r["answer"] and 1 <= abs(int(r["rejected"]) - int(r["answer"])) <= 3
+
+
+def test_shared_prompt_forward_equals_one_pass_with_gradients(tiny):
+    """Groups run their prompt once (KV cache indexed out to the k rows): log-probs, hidden
+    states and gradients equal one forward over [prompt; completion] for every row."""
+    model, tok = tiny
+    prompts = ["1+2=", "what is 12*13? ", "7", "1+2="]  # lengths differ; one prompt twice
+    torch.manual_seed(1)
+    gen = HFSampler().generate(model, tok, prompts, k=3, max_new_tokens=6)
+    ids = gen.completion_ids.clone()
+    ids[::2, 2] = tok.eos_token_id  # half the rows stop early: padded completions
+    mask, _ = completion_mask(ids, tok.eos_token_id)
+    ids = ids.masked_fill(mask == 0, tok.pad_token_id)
+    input_ids = torch.cat([gen.prompt_ids, ids], 1)
+    attn = torch.cat([gen.prompt_mask, mask], 1)
+
+    def run(share):
+        model.zero_grad()
+        r = token_logps(model, input_ids, attn, 6, entropy=True, hidden=True, share_prompts=share)
+        ((r.logp * mask).sum() + (r.hidden * mask[..., None]).sum()).backward()
+        return r, [p.grad.clone() for p in model.parameters()]
+
+    (a, grads_a), (b, grads_b) = run(True), run(False)
+    on = mask.bool()
+    assert torch.allclose(a.logp[on], b.logp[on], atol=1e-5)
+    assert torch.allclose(a.entropy[on], b.entropy[on], atol=1e-5)
+    assert torch.allclose(a.hidden[on], b.hidden[on], atol=1e-5)
+    for ga, gb in zip(grads_a, grads_b, strict=True):  # equal up to float summation order
+        assert (ga - gb).abs().max() <= 1e-5 * gb.abs().max()
+    model.zero_grad()
+
+
+def test_sampler_prefill_sharing_matches_plain_generate(tiny):
+    """The sampler prefills each prompt once and repeats its cache: greedy samples equal HF
+    generate on the k-times repeated prompts."""
+    model, tok = tiny
+    prompts = ["1+2=", "33-14+2=", "9"]
+    gen = HFSampler().generate(model, tok, prompts, k=2, max_new_tokens=5, greedy=True)
+    enc = tok(prompts, padding=True, return_tensors="pt", add_special_tokens=False)
+    out = model.generate(
+        input_ids=enc["input_ids"].repeat_interleave(2, 0),
+        attention_mask=enc["attention_mask"].repeat_interleave(2, 0),
+        do_sample=False,
+        max_new_tokens=5,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    new = torch.nn.functional.pad(out[:, enc["input_ids"].shape[1] :], (0, 5), value=0)[:, :5]
+    mask, _ = completion_mask(new, tok.eos_token_id)
+    assert torch.equal(gen.completion_ids, new.masked_fill(mask == 0, tok.pad_token_id))
+    assert len(set(gen.texts[::2])) > 1  # distinct prompts, distinct continuations
