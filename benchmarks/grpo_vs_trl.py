@@ -5,6 +5,11 @@ optimiser steps, fp32 on CPU, run one after the other in this process. A step is
 completions per prompt, score them, compute reference log-probs, one optimiser update.
 
     python benchmarks/grpo_vs_trl.py [--steps 20] [--prompts 16] [--k 4] [--max-new-tokens 6]
+    python benchmarks/grpo_vs_trl.py --task gsm8k --max-new-tokens 16   # longer prompts
+
+The default workload is arithmetic (6-token prompts); ``--task gsm8k`` uses GSM8K questions
+(~230-token prompts with the byte-level tokenizer), where running each prompt once per group
+matters more.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ def ours(name: str, model_dir: str, prompts: list[dict], args) -> float:
     cfg = load_config(
         "arithmetic",
         [
+            f"task={args.task}",
             f"algorithm={name}",
             f"sampling.k={args.k}",
             f"sampling.max_new_tokens={args.max_new_tokens}",
@@ -46,7 +52,7 @@ def ours(name: str, model_dir: str, prompts: list[dict], args) -> float:
     policy = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     reference = AutoModelForCausalLM.from_pretrained(model_dir).eval().requires_grad_(False)
     algo = ALGORITHMS.get(name)
-    task = TASKS.get("arithmetic")(cfg.task_config())
+    task = TASKS.get(args.task)(cfg.task_config())
     value_head, opt, sched = trainables(policy, algo, cfg)
     totals = {"tokens_trained": 0.0, "skipped_steps": 0.0, "empty_minibatches": 0.0}
     sampler, gen = HFSampler(), torch.Generator().manual_seed(0)
@@ -67,7 +73,7 @@ def trl_grpo(model_dir: str, prompts: list[dict], args) -> float:
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    task = TASKS.get("arithmetic")(TASKS.get("arithmetic").Config())
+    task = TASKS.get(args.task)(load_config("arithmetic", [f"task={args.task}"]).task_config())
 
     def reward(prompts, completions, answer, **_):
         return task.reward(prompts, completions, answer=answer)
@@ -109,6 +115,7 @@ def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    p.add_argument("--task", default="arithmetic", help="a registered task with train rows")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--prompts", type=int, default=16)
     p.add_argument("--k", type=int, default=4)
@@ -117,15 +124,15 @@ def main() -> None:
         "--repeats", type=int, default=2, help="alternate ours/TRL this many times, keep the best"
     )
     args = p.parse_args()
-    cfg = load_config("arithmetic")
+    cfg = load_config("arithmetic", [f"task={args.task}"])
     tok = build_tokenizer()
     torch.manual_seed(0)
     model_dir = tempfile.mkdtemp()
     build_tiny_model(cfg.model, tok).save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
-    prompts = TASKS.get("arithmetic")(cfg.task_config()).train_rows()
+    prompts = TASKS.get(args.task)(cfg.task_config()).train_rows()
     print(
-        f"threads={torch.get_num_threads()} steps={args.steps} prompts/step={args.prompts} k={args.k} "
+        f"task={args.task} threads={torch.get_num_threads()} steps={args.steps} prompts/step={args.prompts} k={args.k} "
         f"max_new_tokens={args.max_new_tokens}"
     )
     times: dict[str, list[float]] = {"grpo": [], "trl_grpo": [], "gvpo": []}
