@@ -267,6 +267,7 @@ def eval_(
     lm_eval: Annotated[
         bool, typer.Option("--lm-eval", help="also run the tasks through lm-eval (greedy)")
     ] = False,
+    engine: Annotated[str, typer.Option(help="sampling engine: hf (generate) or vllm")] = "hf",
     tracking_uri: TrackingUri = None,
 ):
     """Evaluate a model on tasks' eval splits, logged to MLflow (experiment 'eval') and JSON."""
@@ -284,6 +285,7 @@ def eval_(
         template,
         tracking_uri=tracking_uri,
         lm_eval=lm_eval,
+        engine=engine,
     )
     table = Table(title=f"bench eval {escape(model)}")
     table.add_column("metric")

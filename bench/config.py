@@ -44,6 +44,9 @@ class SamplingConfig:
     source: Literal["policy", "reference", "mixture", "uniform", "dataset"] = "policy"
     mixture: float = 0.5  # source=mixture: share of each group drawn from the reference
     replay_ratio: float = 0.0  # share of each group taken from earlier completions of the prompt
+    engine: Literal["hf", "vllm"] = "hf"  # rollouts from HF generate, or a vLLM engine (GPUs)
+    vllm_gpu_memory_utilization: float = 0.5  # engine=vllm: share of GPU memory for the engine
+    vllm_tensor_parallel_size: int = 1  # engine=vllm: GPUs per engine
 
 
 @dataclass(frozen=True)

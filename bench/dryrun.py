@@ -24,11 +24,14 @@ def stand_in(cfg: RunConfig, tracking_dir: str) -> RunConfig:
         warmstart_steps=0,
         device="cpu",
     )
+    from bench.vllm_sampler import vllm_available
+
+    engine = cfg.sampling.engine if vllm_available() else "hf"
     return dataclasses.replace(
         cfg,
         model=tiny,
         sampling=dataclasses.replace(
-            cfg.sampling, max_new_tokens=min(cfg.sampling.max_new_tokens, 16)
+            cfg.sampling, max_new_tokens=min(cfg.sampling.max_new_tokens, 16), engine=engine
         ),
         train=dataclasses.replace(
             cfg.train, steps=1, prompts_per_step=2, prompt_pool=0, threads=0, save_checkpoint=False
@@ -48,9 +51,14 @@ def dry_run(cfg: RunConfig) -> dict:
     task = TASKS.get(cfg.task)(cfg.task_config())
     rows = task.eval_rows()
     with tempfile.TemporaryDirectory() as tmp:
-        final = train(stand_in(cfg, tmp))
+        tiny = stand_in(cfg, tmp)
+        final = train(tiny)
+    engine = cfg.sampling.engine
+    if tiny.sampling.engine != engine:
+        engine += " (not installed here: the dry run sampled with HF generate)"
     return {
         "model (not loaded)": cfg.model.name_or_path,
+        "rollout engine": engine,
         "eval rows": len(rows),
         "first prompt": rows[0]["prompt"][:120] if rows else "",
         "step": {

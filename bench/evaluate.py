@@ -68,6 +68,7 @@ def evaluate_model(
     experiment: str = "eval",
     tracking_uri: str | None = None,
     lm_eval: bool = False,
+    engine: str = "hf",
 ) -> dict:
     """``bench eval``: greedy accuracy (pass@1 at temperature 0), avg@k, maj@k and pass@k with
     seeded sampling, for a HF model id or checkpoint folder, logged to MLflow and written as JSON."""
@@ -76,16 +77,20 @@ def evaluate_model(
     import time
 
     from bench.config import ModelConfig, build_dataclass
-    from bench.errors import BenchError
+    from bench.errors import BenchError, did_you_mean
     from bench.models import load_policy
     from bench.paths import results_dir
-    from bench.rollout import HFSampler
     from bench.tracking import Tracker, resolve_uri
+    from bench.vllm_sampler import make_sampler
     from tasks import TASKS
 
+    if engine not in ("hf", "vllm"):
+        raise BenchError(
+            f"--engine: unknown engine '{engine}'" + did_you_mean(engine, ["hf", "vllm"])
+        )
     tasks = [TASKS.get(name) for name in task_names]  # unknown names fail here, before loading
     model_name = checkpoint_of(model_name, tracking_uri)
-    model = tokenizer = None
+    model = tokenizer = sampler = None
     built = []
     results: dict[str, float] = {}
     for cls in tasks:
@@ -101,8 +106,9 @@ def evaluate_model(
             )
         task.bind_tokenizer(tokenizer)
         ecfg = EvalConfig(max_prompts=limit or 10**9, k=k, temperature=temperature)
-        scfg = SamplingConfig(max_new_tokens=max_new_tokens)
-        results |= evaluate(model, tokenizer, task, HFSampler(), ecfg, scfg, seed)
+        scfg = SamplingConfig(max_new_tokens=max_new_tokens, engine=engine)
+        sampler = sampler or make_sampler(scfg, seed)  # one engine for every task
+        results |= evaluate(model, tokenizer, task, sampler, ecfg, scfg, seed)
     if model is None:
         raise BenchError("bench eval needs at least one task (--tasks gsm8k,math500)")
     if lm_eval:  # the same tasks through lm-evaluation-harness: greedy, same token budget
@@ -121,6 +127,7 @@ def evaluate_model(
         "temperature": temperature,
         "seed": seed,
         "template": template or "default",
+        "engine": engine,
     }
     tracker = Tracker(
         resolve_uri(tracking_uri), experiment, f"eval__{model_name.replace('/', '_')}", params, {}

@@ -25,9 +25,10 @@ from bench.evaluate import evaluate
 from bench.models import load_policy, n_params
 from bench.progress import bar
 from bench.rewards import score
-from bench.rollout import HFSampler, PreferencePairs, Sampler, model_device, token_logps
+from bench.rollout import PreferencePairs, Sampler, model_device, token_logps
 from bench.sources import Rollouts
 from bench.tracking import Tracker, resolve_uri
+from bench.vllm_sampler import make_sampler
 from tasks import TASKS
 
 
@@ -199,7 +200,7 @@ def train(
     algo = ALGORITHMS.get(cfg.algorithm)
     algo_cfg = cfg.algo_config()
     task = TASKS.get(cfg.task)(cfg.task_config())
-    sampler = sampler or HFSampler()
+    sampler = sampler or make_sampler(cfg.sampling, cfg.seed)
     offline = cfg.sampling.source == "dataset"  # offline preference pairs instead of sampling
     train_rows = task.preference_rows() if offline else task.train_rows()
     pool = train_rows[: cfg.train.prompt_pool] if cfg.train.prompt_pool else train_rows
@@ -274,6 +275,7 @@ def train(
                 metrics = update(
                     policy, value_head, opt, sched, algo, algo_cfg, batch, cfg, mb_gen, totals
                 )
+                sampler.weights_changed()
                 lengths = batch.mask.sum(-1)
                 totals["tokens_generated"] += lengths.sum().item()
                 totals["unscorable"] += n_none

@@ -7,6 +7,7 @@ training-side model by ``token_logps``, never taken from the sampler.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -75,6 +76,9 @@ class Sampler(Protocol):
         greedy: bool = False,
     ) -> Generation: ...
 
+    def weights_changed(self) -> None:
+        """The policy took an optimiser step (a sampler holding its own copy re-syncs)."""
+
 
 def completion_mask(ids: Tensor, eos_id: int) -> tuple[Tensor, Tensor]:
     """Mask [N, T] of tokens up to and including the first EOS, and truncated [N] (no EOS)."""
@@ -110,6 +114,9 @@ class HFSampler:
     def __init__(self, batch_size: int = 512):
         self.batch_size = batch_size  # prompts*k rows per generate call
 
+    def weights_changed(self) -> None:  # generate reads the live model: nothing to sync
+        pass
+
     @torch.no_grad()
     def generate(
         self, model, tokenizer, prompts, k, max_new_tokens, temperature=1.0, top_p=1.0, greedy=False
@@ -124,7 +131,7 @@ class HFSampler:
             out = model.generate(
                 input_ids=ids.repeat_interleave(k, dim=0),
                 attention_mask=mask.repeat_interleave(k, dim=0),
-                cache=_prefill(model, ids, mask, k),
+                **_with_cache(model, _prefill(model, ids, mask, k)),
                 do_sample=not greedy,
                 temperature=temperature if not greedy else None,
                 top_p=top_p if not greedy else None,
@@ -143,6 +150,20 @@ class HFSampler:
         return _finish(tokenizer, ids, mask, torch.cat(chunks), max_new_tokens)
 
 
+def _with_cache(model, cache) -> dict:
+    """The KV-cache keyword argument: ``cache`` in transformers >= 5.20, ``past_key_values``
+    before (vLLM's CPU wheel pins 5.19)."""
+    if cache is None:
+        return {}
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return {name: cache}
+
+
+def _cache_of(out):
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
 def _prefill(model, ids: Tensor, mask: Tensor, k: int):
     """KV cache of every prompt but its last token, repeated to k rows each (None when there is
     nothing to share: k = 1, one-token prompts, or a model without an HF cache)."""
@@ -157,8 +178,9 @@ def _prefill(model, ids: Tensor, mask: Tensor, k: int):
         use_cache=True,
         logits_to_keep=1,
     )
-    out.cache.batch_repeat_interleave(k)
-    return out.cache
+    cache = _cache_of(out)
+    cache.batch_repeat_interleave(k)
+    return cache
 
 
 def tokenize_completions(
@@ -266,13 +288,13 @@ def _outputs(model, input_ids, attention_mask, T: int, hidden: bool, share: bool
     logits = [head.logits[inverse]]
     states = [head.hidden_states[-1][inverse, -1:]] if hidden else []
     if T > 1:
-        cache = head.cache
+        cache = _cache_of(head)
         cache.batch_select_indices(inverse)  # [U, ...] -> [B, ...]: differentiable indexing
         tail = model(
             input_ids=input_ids[:, P:-1],
             attention_mask=attention_mask[:, :-1],
             position_ids=position_ids[:, P:-1],
-            cache=cache,
+            **_with_cache(model, cache),
             use_cache=True,
             output_hidden_states=hidden,
         )

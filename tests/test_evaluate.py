@@ -81,6 +81,7 @@ def test_gpu_presets_dry_run_here(preset):
         f"dry run of '{preset}' ok" in out
         and "Qwen/Qwen2.5-Math" in out
         and "eval rows: 500" in out
+        and "rollout engine: vllm" in out  # the preset asks for vLLM; HF stands in without it
     )
 
 
