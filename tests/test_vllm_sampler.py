@@ -150,3 +150,15 @@ def test_real_vllm_follows_the_policy_weights(monkeypatch):
             for p in model.parameters():
                 p.add_(0.05 * torch.randn_like(p))
     assert vllm_sampler.weight_pushes == 2
+
+
+def test_unknown_engine_is_a_one_line_error():
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    res = CliRunner().invoke(app, ["eval", "tiny", "--tasks", "arithmetic", "--engine", "vlm"])
+    assert res.exit_code == 2 and "did you mean 'vllm'" in res.output
+    assert "Traceback" not in res.output
+    res = CliRunner().invoke(app, ["run", "smoke", "sampling.engine=vlm", "--dry-run"])
+    assert res.exit_code == 2 and "sampling.engine" in res.output and "Traceback" not in res.output
