@@ -265,7 +265,12 @@ def _outputs(model, input_ids, attention_mask, T: int, hidden: bool, share: bool
     # so it is never fed: every forward stops one token short.
     prompts = torch.cat([input_ids[:, :P], attention_mask[:, :P]], dim=1)
     unique, inverse = torch.unique(prompts, dim=0, return_inverse=True)
-    shareable = share and P > 1 and isinstance(model, PreTrainedModel)
+    shareable = (  # HF models with a KV cache (gradient checkpointing turns the cache off)
+        share
+        and P > 1
+        and isinstance(model, PreTrainedModel)
+        and not getattr(model, "is_gradient_checkpointing", False)
+    )
     if not shareable or unique.shape[0] > 0.75 * len(prompts):
         out = model(
             input_ids=input_ids[:, :-1],

@@ -161,3 +161,16 @@ def test_sampler_prefill_sharing_matches_plain_generate(tiny):
     mask, _ = completion_mask(new, tok.eos_token_id)
     assert torch.equal(gen.completion_ids, new.masked_fill(mask == 0, tok.pad_token_id))
     assert len(set(gen.texts[::2])) > 1  # distinct prompts, distinct continuations
+
+
+def test_gradient_checkpointing_models_take_the_one_pass_forward():
+    """Gradient checkpointing turns HF's KV cache off: such models skip the prompt sharing."""
+    tok = build_tokenizer()
+    model = build_tiny_model(SMALL, tok)
+    gen = HFSampler().generate(model, tok, ["1+2=", "3+4="], k=3, max_new_tokens=4)
+    want = token_logps(model, gen.input_ids, gen.attention_mask, 4).logp
+    model.gradient_checkpointing_enable()
+    model.train()
+    got = token_logps(model, gen.input_ids, gen.attention_mask, 4).logp
+    got.sum().backward()
+    assert torch.allclose(got, want, atol=1e-6)
