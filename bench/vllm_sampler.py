@@ -114,8 +114,8 @@ class VLLMSampler:
     def _engine(self, model, tokenizer):
         from vllm import LLM
 
-        path = getattr(model, "name_or_path", "") or ""
-        if not os.path.isdir(path):  # an in-memory model (the embedded tiny one): write it out
+        path = getattr(model, "name_or_path", "") or ""  # a hub id or folder it was loaded from
+        if not path:  # an in-memory model (the embedded tiny one): write it out
             self._tmp = tempfile.TemporaryDirectory(prefix="bench-vllm-")
             path = self._tmp.name
             model.save_pretrained(path)
