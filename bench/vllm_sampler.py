@@ -75,7 +75,9 @@ class VLLMSampler:
             top_p=1.0 if greedy else top_p,
             top_k=-1,  # no top-k: the policy's own distribution (as top_k=0 in HF generate)
             max_tokens=max_new_tokens,
-            seed=int(torch.randint(2**31 - 1, (1,)).item()),  # follows the run's seed
+            # no per-request seed: one seed shared by every request makes their draws correlated
+            # (measured: the same first sample for 11 of 40 prompts); the engine's own generator
+            # is seeded with the run's seed instead
         )
         outputs = self.llm.generate(requests, params, use_tqdm=False)
         eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id

@@ -95,6 +95,7 @@ def test_outputs_become_a_generation_in_group_order(fake_vllm):
     requests, params = llm.calls[0]
     assert requests[0]["prompt_token_ids"] == enc("1+2=")  # left padding stripped
     assert (params.n, params.temperature, params.max_tokens, params.top_k) == (3, 0.7, 5, -1)
+    assert getattr(params, "seed", None) is None  # a seed shared by all requests correlates them
     assert llm.kwargs["seed"] == 3 and llm.kwargs["dtype"] == "float32"
 
 
@@ -150,6 +151,10 @@ def test_real_vllm_follows_the_policy_weights(monkeypatch):
             for p in model.parameters():
                 p.add_(0.05 * torch.randn_like(p))
     assert vllm_sampler.weight_pushes == 2
+    # the same prompt twice in one call: independent draws, not one random stream reused
+    twice = vllm_sampler.generate(model, tok, ["12+34=", "12+34="], 32, 8)
+    assert twice.texts[:32] != twice.texts[32:]
+    assert len(set(twice.texts[:32])) > 8
 
 
 def test_unknown_engine_is_a_one_line_error():
