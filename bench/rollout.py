@@ -7,6 +7,7 @@ training-side model by ``token_logps``, never taken from the sampler.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
@@ -150,13 +151,23 @@ class HFSampler:
         return _finish(tokenizer, ids, mask, torch.cat(chunks), max_new_tokens)
 
 
+def _has_kv_cache(model) -> bool:
+    """An HF model that returns a KV cache (gradient checkpointing turns the cache off)."""
+    return isinstance(model, PreTrainedModel) and not getattr(
+        model, "is_gradient_checkpointing", False
+    )
+
+
+@functools.cache
+def _cache_kwarg(model_class) -> str:
+    """``cache`` in transformers >= 5.20, ``past_key_values`` before (vLLM's CPU wheel pins 5.19)."""
+    params = inspect.signature(model_class.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
 def _with_cache(model, cache) -> dict:
-    """The KV-cache keyword argument: ``cache`` in transformers >= 5.20, ``past_key_values``
-    before (vLLM's CPU wheel pins 5.19)."""
-    if cache is None:
-        return {}
-    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    return {name: cache}
+    """The KV-cache keyword argument for ``model``, or nothing when there is no cache."""
+    return {} if cache is None else {_cache_kwarg(type(model)): cache}
 
 
 def _cache_of(out):
@@ -167,7 +178,7 @@ def _cache_of(out):
 def _prefill(model, ids: Tensor, mask: Tensor, k: int):
     """KV cache of every prompt but its last token, repeated to k rows each (None when there is
     nothing to share: k = 1, one-token prompts, or a model without an HF cache)."""
-    if k < 2 or ids.shape[1] < 2 or not isinstance(model, PreTrainedModel):
+    if k < 2 or ids.shape[1] < 2 or not _has_kv_cache(model):
         return None
     ids, mask = ids[:, :-1], mask[:, :-1]
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -263,15 +274,11 @@ def _outputs(model, input_ids, attention_mask, T: int, hidden: bool, share: bool
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     # The last completion token predicts nothing we score, and no scored position attends to it,
     # so it is never fed: every forward stops one token short.
-    prompts = torch.cat([input_ids[:, :P], attention_mask[:, :P]], dim=1)
-    unique, inverse = torch.unique(prompts, dim=0, return_inverse=True)
-    shareable = (  # HF models with a KV cache (gradient checkpointing turns the cache off)
-        share
-        and P > 1
-        and isinstance(model, PreTrainedModel)
-        and not getattr(model, "is_gradient_checkpointing", False)
-    )
-    if not shareable or unique.shape[0] > 0.75 * len(prompts):
+    unique = inverse = None
+    if share and P > 1 and _has_kv_cache(model):
+        prompts = torch.cat([input_ids[:, :P], attention_mask[:, :P]], dim=1)
+        unique, inverse = torch.unique(prompts, dim=0, return_inverse=True)
+    if unique is None or unique.shape[0] > 0.75 * len(input_ids):  # little or nothing shared
         out = model(
             input_ids=input_ids[:, :-1],
             attention_mask=attention_mask[:, :-1],

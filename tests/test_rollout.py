@@ -174,3 +174,5 @@ def test_gradient_checkpointing_models_take_the_one_pass_forward():
     got = token_logps(model, gen.input_ids, gen.attention_mask, 4).logp
     got.sum().backward()
     assert torch.allclose(got, want, atol=1e-6)
+    again = HFSampler().generate(model, tok, ["1+2=", "3+4="], k=3, max_new_tokens=4, greedy=True)
+    assert again.completion_ids.shape == (6, 4)  # and the sampler works on such a model
