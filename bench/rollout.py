@@ -1,7 +1,7 @@
 """Rollout layer: sample k completions per prompt, and recompute per-token log-probs.
 
-``Sampler`` is the interface a vLLM backend can implement; ``HFSampler`` uses HF generate with
-the KV cache. Log-probs used for training (old / reference) are always recomputed with the
+``Sampler`` is the interface a vLLM backend implements; ``HFSampler`` decodes with a
+transformers model and its KV cache. Log-probs used for training (old / reference) are always recomputed with the
 training-side model by ``token_logps``, never taken from the sampler.
 """
 
@@ -15,6 +15,7 @@ from typing import NamedTuple, Protocol
 import torch
 from torch import Tensor
 from transformers import PreTrainedModel
+from transformers.generation.logits_process import TopPLogitsWarper
 
 
 @dataclass
@@ -107,15 +108,21 @@ def _finish(tokenizer, prompt_ids, prompt_mask, new_ids: Tensor, max_new_tokens:
 
 
 class HFSampler:
-    """Batched sampling with ``model.generate`` (KV cache, temperature, top_p, stop at EOS).
+    """Batched sampling from a transformers causal LM with its KV cache: temperature, top_p,
+    stop at EOS.
 
     Each prompt is prefilled once and its KV cache repeated to its k rows (a group shares its
-    prompt), so the prompt's cost is paid once per group rather than k times."""
+    prompt), and the first token of every row is drawn from that prefill's logits, so the prompt's
+    cost is paid once per group. The decode loop is ``model(...)`` with the model's own cache,
+    token by token, drawing with ``torch.multinomial`` as HF generate does (same seed, same tokens:
+    tested). It samples exactly the distribution the loss's log-probs describe: HF generate would
+    also apply a checkpoint's generation_config extras (repetition_penalty, top_k, min_p, ...).
+    Models without an HF KV cache (e.g. the bandit's table policy) go through ``model.generate``."""
 
     def __init__(self, batch_size: int = 512):
-        self.batch_size = batch_size  # prompts*k rows per generate call
+        self.batch_size = batch_size  # prompts*k rows per decode loop
 
-    def weights_changed(self) -> None:  # generate reads the live model: nothing to sync
+    def weights_changed(self) -> None:  # the loop reads the live model: nothing to sync
         pass
 
     @torch.no_grad()
@@ -124,38 +131,109 @@ class HFSampler:
     ):
         prompt_ids, prompt_mask = _prompts(tokenizer, prompts, 1)
         device = model_device(model)
+        draw = _Draw(temperature, top_p, greedy)
         per_call = max(1, self.batch_size // k)
         chunks = []
         for s in range(0, prompt_ids.shape[0], per_call):
             ids = prompt_ids[s : s + per_call].to(device)
             mask = prompt_mask[s : s + per_call].to(device)
-            out = model.generate(
-                input_ids=ids.repeat_interleave(k, dim=0),
-                attention_mask=mask.repeat_interleave(k, dim=0),
-                **_with_cache(model, _prefill(model, ids, mask, k)),
-                do_sample=not greedy,
-                temperature=temperature if not greedy else None,
-                top_p=top_p if not greedy else None,
-                top_k=0 if not greedy else None,  # HF's default top_k=50 would change the policy
-                max_new_tokens=max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-            new = out[:, prompt_ids.shape[1] :].cpu()  # rollouts live on the CPU; batches move
+            if _has_kv_cache(model):
+                new = _decode(model, ids, mask, k, max_new_tokens, draw, tokenizer)
+            else:
+                new = _library_generate(model, ids, mask, k, max_new_tokens, draw, tokenizer)
             chunks.append(
                 torch.nn.functional.pad(
-                    new, (0, max_new_tokens - new.shape[1]), value=tokenizer.pad_token_id
-                )
+                    new.cpu(), (0, max_new_tokens - new.shape[1]), value=tokenizer.pad_token_id
+                )  # rollouts live on the CPU; batches move
             )
         ids, mask = prompt_ids.repeat_interleave(k, dim=0), prompt_mask.repeat_interleave(k, dim=0)
         return _finish(tokenizer, ids, mask, torch.cat(chunks), max_new_tokens)
 
 
+@dataclass(frozen=True)
+class _Draw:
+    """Next-token choice from logits [B, V]: argmax, or a draw from softmax(logits / temperature)
+    restricted to the top_p nucleus (transformers' own warper), as in HF generate."""
+
+    temperature: float
+    top_p: float
+    greedy: bool
+
+    def __call__(self, logits: Tensor) -> Tensor:
+        if self.greedy:
+            return logits.argmax(-1)
+        if self.temperature != 1.0:
+            logits = logits / self.temperature
+        if self.top_p < 1.0:
+            logits = TopPLogitsWarper(self.top_p)(None, logits)
+        return torch.multinomial(logits.softmax(-1), num_samples=1).squeeze(1)
+
+
+def _decode(model, ids: Tensor, mask: Tensor, k: int, max_new_tokens: int, draw, tokenizer):
+    """New tokens [U*k, <= max_new_tokens] for U left-padded prompts, k rows each (EOS, then pad).
+    Stops when every row has ended."""
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=position_ids,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    cache, logits = _cache_of(out), out.logits[:, -1].float()
+    if k > 1:
+        cache.batch_repeat_interleave(k)
+        logits = logits.repeat_interleave(k, dim=0)
+    mask = mask.repeat_interleave(k, dim=0)
+    position_ids = position_ids[:, -1:].repeat_interleave(k, dim=0)
+    ended = torch.zeros(mask.shape[0], dtype=torch.bool, device=mask.device)
+    tokens = []
+    for t in range(max_new_tokens):
+        token = draw(logits).masked_fill(ended, pad)
+        tokens.append(token)
+        ended |= token == eos
+        if t + 1 == max_new_tokens or bool(ended.all()):
+            break
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        position_ids = position_ids + 1
+        out = model(
+            input_ids=token[:, None],
+            attention_mask=mask,
+            position_ids=position_ids,
+            **_with_cache(model, cache),
+            use_cache=True,
+        )
+        cache, logits = _cache_of(out), out.logits[:, -1].float()
+    return torch.stack(tokens, dim=1)
+
+
+def _library_generate(model, ids, mask, k: int, max_new_tokens: int, draw: _Draw, tokenizer):
+    """``model.generate`` on the k-times repeated prompts (models without an HF KV cache)."""
+    out = model.generate(
+        input_ids=ids.repeat_interleave(k, dim=0),
+        attention_mask=mask.repeat_interleave(k, dim=0),
+        do_sample=not draw.greedy,
+        temperature=None if draw.greedy else draw.temperature,
+        top_p=None if draw.greedy else draw.top_p,
+        top_k=None if draw.greedy else 0,  # HF's default top_k=50 would change the policy
+        max_new_tokens=max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return out[:, ids.shape[1] :]
+
+
 def _has_kv_cache(model) -> bool:
     """An HF model that returns a KV cache (gradient checkpointing turns the cache off)."""
-    return isinstance(model, PreTrainedModel) and not getattr(
-        model, "is_gradient_checkpointing", False
+    if not isinstance(model, PreTrainedModel):
+        return False
+    name = (  # renamed in transformers 5.20; the old name warns
+        "is_activation_checkpointing"
+        if hasattr(type(model), "is_activation_checkpointing")
+        else "is_gradient_checkpointing"
     )
+    return not getattr(model, name, False)
 
 
 @functools.cache
@@ -173,25 +251,6 @@ def _with_cache(model, cache) -> dict:
 def _cache_of(out):
     cache = getattr(out, "cache", None)
     return cache if cache is not None else out.past_key_values
-
-
-def _prefill(model, ids: Tensor, mask: Tensor, k: int):
-    """KV cache of every prompt but its last token, repeated to k rows each (None when there is
-    nothing to share: k = 1, one-token prompts, or a model without an HF cache)."""
-    if k < 2 or ids.shape[1] < 2 or not _has_kv_cache(model):
-        return None
-    ids, mask = ids[:, :-1], mask[:, :-1]
-    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(
-        input_ids=ids,
-        attention_mask=mask,
-        position_ids=position_ids,
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    cache = _cache_of(out)
-    cache.batch_repeat_interleave(k)
-    return cache
 
 
 def tokenize_completions(
@@ -246,10 +305,16 @@ def token_logps(
 ) -> TokenLogps:
     """Per-token log-probs [B, T] of the last T tokens given all before (optionally entropy and
     hidden states). Position ids follow the attention mask, as in generate, so left padding does
-    not shift them. Rows that share a prompt (a group) run the prompt once: see ``_outputs``."""
+    not shift them. Rows that share a prompt (a group) run the prompt once: see ``_outputs``.
+
+    The completion part of ``attention_mask`` is the completion mask: columns after the longest
+    completion are padding in every row, and are not run (their outputs are zeros)."""
     T = completion_len
     device = model_device(model)
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    cut = T - _longest(attention_mask[:, -T:])  # all-padding columns at the end
+    if cut:
+        input_ids, attention_mask, T = input_ids[:, :-cut], attention_mask[:, :-cut], T - cut
     logits, states = _outputs(model, input_ids, attention_mask, T, hidden, share_prompts)
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()  # fp32 or fp64 (a table policy) stay as they are
@@ -259,7 +324,20 @@ def token_logps(
     if entropy:
         with torch.no_grad():
             ent = -(logp_all.exp() * logp_all).sum(-1)
+    if cut:  # back to [B, completion_len]: masked positions hold zeros
+        logp, ent = _pad_cols(logp, cut), _pad_cols(ent, cut)
+        states = None if states is None else _pad_cols(states.transpose(1, 2), cut).transpose(1, 2)
     return TokenLogps(logp, ent, states)
+
+
+def _longest(completion_mask: Tensor) -> int:
+    """1 + the last column any row uses (at least 1)."""
+    used = completion_mask.any(dim=0).nonzero()
+    return int(used.max()) + 1 if len(used) else 1
+
+
+def _pad_cols(x: Tensor | None, n: int) -> Tensor | None:
+    return None if x is None else torch.nn.functional.pad(x, (0, n))
 
 
 def _outputs(model, input_ids, attention_mask, T: int, hidden: bool, share: bool):

@@ -1,5 +1,7 @@
 """Rollout layer: tokenizer round trip, EOS masks, and recomputed log-probs == the sampler's."""
 
+import copy
+
 import pytest
 import torch
 from transformers import AutoTokenizer
@@ -142,25 +144,128 @@ def test_shared_prompt_forward_equals_one_pass_with_gradients(tiny):
     model.zero_grad()
 
 
-def test_sampler_prefill_sharing_matches_plain_generate(tiny):
-    """The sampler prefills each prompt once and repeats its cache: greedy samples equal HF
-    generate on the k-times repeated prompts."""
+def test_columns_after_the_longest_completion_are_not_run(tiny):
+    """When every row ends early, the trailing all-padding columns are not fed to the model;
+    log-probs, entropy and hidden states equal a plain forward over all columns, zeros after."""
     model, tok = tiny
-    prompts = ["1+2=", "33-14+2=", "9"]
-    gen = HFSampler().generate(model, tok, prompts, k=2, max_new_tokens=5, greedy=True)
+    eos = tok.eos_token_id
+    gen = HFSampler().generate(model, tok, ["1+2=", "45+6="], k=2, max_new_tokens=6)
+    ids = gen.completion_ids.clone()
+    ids[:, 3], ids[0, 1] = eos, eos  # the longest completion is 4 tokens of 6
+    mask, _ = completion_mask(ids, eos)
+    ids = ids.masked_fill(mask == 0, tok.pad_token_id)
+    input_ids = torch.cat([gen.prompt_ids, ids], 1)
+    attn = torch.cat([gen.prompt_mask, mask], 1)
+    fed = []
+    hook = model.register_forward_hook(
+        lambda m, args, kw, out: fed.append(kw["input_ids"].shape[1]), with_kwargs=True
+    )
+    try:
+        got = token_logps(model, input_ids, attn, 6, entropy=True, hidden=True, share_prompts=False)
+    finally:
+        hook.remove()
+    position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        out = model(
+            input_ids, attention_mask=attn, position_ids=position_ids, output_hidden_states=True
+        )
+    logp_all = out.logits[:, -7:-1].log_softmax(-1)
+    want = logp_all.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+    on = mask.bool()
+    assert fed == [gen.prompt_ids.shape[1] + 3]  # prompt + 4 completion tokens, the last unfed
+    assert torch.allclose(got.logp[on], want[on], atol=1e-5)
+    assert torch.allclose(got.hidden[on], out.hidden_states[-1][:, -7:-1][on], atol=1e-5)
+    assert torch.allclose(got.entropy[on], -(logp_all.exp() * logp_all).sum(-1)[on], atol=1e-5)
+    assert got.logp.shape == got.entropy.shape == (4, 6) and got.hidden.shape[:2] == (4, 6)
+    assert (got.logp[:, 4:] == 0).all() and (got.hidden[:, 4:] == 0).all()
+
+
+def _hf_generate(model, tok, prompts, k, max_new_tokens, **sampling):
+    """Reference: HF generate on the k-times repeated prompts, cut and padded like a Generation."""
     enc = tok(prompts, padding=True, return_tensors="pt", add_special_tokens=False)
     out = model.generate(
-        input_ids=enc["input_ids"].repeat_interleave(2, 0),
-        attention_mask=enc["attention_mask"].repeat_interleave(2, 0),
-        do_sample=False,
-        max_new_tokens=5,
+        input_ids=enc["input_ids"].repeat_interleave(k, 0),
+        attention_mask=enc["attention_mask"].repeat_interleave(k, 0),
+        max_new_tokens=max_new_tokens,
         pad_token_id=tok.pad_token_id,
         eos_token_id=tok.eos_token_id,
+        **sampling,
     )
-    new = torch.nn.functional.pad(out[:, enc["input_ids"].shape[1] :], (0, 5), value=0)[:, :5]
+    new = out[:, enc["input_ids"].shape[1] :]
+    new = torch.nn.functional.pad(new, (0, max_new_tokens - new.shape[1]), value=tok.pad_token_id)
     mask, _ = completion_mask(new, tok.eos_token_id)
-    assert torch.equal(gen.completion_ids, new.masked_fill(mask == 0, tok.pad_token_id))
-    assert len(set(gen.texts[::2])) > 1  # distinct prompts, distinct continuations
+    return new.masked_fill(mask == 0, tok.pad_token_id)
+
+
+@pytest.mark.parametrize(
+    "sampling",
+    [
+        {"greedy": True},
+        {"temperature": 1.0, "top_p": 1.0},
+        {"temperature": 0.7, "top_p": 0.9},
+        {"temperature": 1.3, "top_p": 0.5},
+    ],
+)
+def test_sampler_draws_the_same_tokens_as_hf_generate(tiny, sampling):
+    """The sampler prefills each prompt once, repeats its cache to the k rows and draws the first
+    token from that prefill; with the same seed it returns exactly HF generate's tokens on the
+    k-times repeated prompts (greedy and sampled, with temperature and top_p)."""
+    model, tok = tiny
+    prompts = ["1+2=", "33-14+2=", "9", "1+2="]  # lengths differ; one prompt twice
+    torch.manual_seed(3)
+    gen = HFSampler().generate(model, tok, prompts, k=3, max_new_tokens=7, **sampling)
+    if sampling.get("greedy"):
+        hf_kwargs = {"do_sample": False}
+    else:
+        hf_kwargs = {"do_sample": True, "top_k": 0, **sampling}
+    torch.manual_seed(3)
+    want = _hf_generate(model, tok, prompts, 3, 7, **hf_kwargs)
+    assert torch.equal(gen.completion_ids, want)
+    if not sampling.get("greedy"):  # k samples of a prompt differ: the rows draw independently
+        assert len({tuple(r) for r in gen.completion_ids[:3].tolist()}) > 1
+
+
+def test_sampler_ignores_generation_config_extras(tiny):
+    """Samples come from the policy's own distribution (what the loss's log-probs describe): a
+    checkpoint's generation_config (here repetition_penalty and top_k) changes HF generate, not
+    the sampler."""
+    model, tok = tiny
+    prompts = ["1+2=", "7*8="]
+    torch.manual_seed(0)
+    before = HFSampler().generate(model, tok, prompts, 2, 6).completion_ids
+    saved = model.generation_config
+    model.generation_config = copy.deepcopy(saved)
+    model.generation_config.repetition_penalty, model.generation_config.top_k = 50.0, 1
+    try:
+        torch.manual_seed(0)
+        after = HFSampler().generate(model, tok, prompts, 2, 6).completion_ids
+        torch.manual_seed(0)
+        hf = _hf_generate(model, tok, prompts, 2, 6, do_sample=True)
+    finally:
+        model.generation_config = saved
+    assert torch.equal(before, after)
+    assert not torch.equal(hf, before)  # HF generate would have applied them
+
+
+def test_sampler_stops_when_every_row_has_ended(tiny):
+    """Rows that reach EOS are padded after it, and the loop ends once all rows have ended."""
+    model, tok = tiny
+    bias = torch.full((model.config.vocab_size,), -1e4)
+    bias[tok.eos_token_id] = 1e4  # every row draws EOS first
+    calls = []
+    hooks = [
+        model.lm_head.register_forward_hook(lambda m, i, out: out * 0 + bias),
+        model.register_forward_hook(lambda *_: calls.append(1)),
+    ]
+    try:
+        gen = HFSampler().generate(model, tok, ["1+2=", "9"], 2, 8)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert gen.completion_mask.tolist() == [[1] + [0] * 7] * 4
+    assert (gen.completion_ids[:, 0] == tok.eos_token_id).all()
+    assert (gen.completion_ids[:, 1:] == tok.pad_token_id).all()
+    assert len(calls) == 1  # the prefill only: no decode step after every row ended
 
 
 def test_gradient_checkpointing_models_take_the_one_pass_forward():
