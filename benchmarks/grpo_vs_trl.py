@@ -5,7 +5,7 @@ CPU, same settings (GRPO loss, beta 0.04, eps 0.2, no gradient checkpointing: TR
 on by default), run one after the other in this process. A step is: sample k completions per
 prompt, score them, compute reference log-probs, one optimiser update.
 
-    python benchmarks/grpo_vs_trl.py [--steps 20] [--prompts 16] [--k 4] [--max-new-tokens 6]
+    python benchmarks/grpo_vs_trl.py [--steps 30] [--repeats 3] [--prompts 16] [--k 4] [--max-new-tokens 6]
     python benchmarks/grpo_vs_trl.py --task gsm8k --warmstart-steps 0 --max-new-tokens 16
 
 The default workload is arithmetic with the model ``make compare`` trains (the preset's warm
@@ -18,6 +18,7 @@ start there (a random model writes until the budget).
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import tempfile
 import time
@@ -128,12 +129,15 @@ def main() -> None:
         help="supervised warm-start steps of the tiny model (default: the arithmetic preset's, "
         "i.e. the model `make compare` trains, cached; 0 = random init)",
     )
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=int, default=30)
     p.add_argument("--prompts", type=int, default=16)
     p.add_argument("--k", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=6)
     p.add_argument(
-        "--repeats", type=int, default=2, help="alternate ours/TRL this many times, keep the best"
+        "--repeats",
+        type=int,
+        default=3,
+        help="run the three this many times (order rotated), keep the best",
     )
     args = p.parse_args()
     overrides = [f"task={args.task}"]
@@ -152,10 +156,16 @@ def main() -> None:
         f"k={args.k} max_new_tokens={args.max_new_tokens}"
     )
     times: dict[str, list[float]] = {"grpo": [], "trl_grpo": [], "gvpo": []}
-    for _ in range(args.repeats):  # interleaved, so drift in machine load hits both sides
-        times["grpo"].append(ours("grpo", model_dir, prompts, args))
-        times["trl_grpo"].append(trl_grpo(model_dir, prompts, args))
-        times["gvpo"].append(ours("gvpo", model_dir, prompts, args))
+    runs = {
+        "grpo": lambda: ours("grpo", model_dir, prompts, args),
+        "trl_grpo": lambda: trl_grpo(model_dir, prompts, args),
+        "gvpo": lambda: ours("gvpo", model_dir, prompts, args),
+    }
+    order = list(runs)
+    for r in range(args.repeats):  # interleaved, so drift in machine load hits every side
+        for name in order[r % 3 :] + order[: r % 3]:  # and each follows each in turn
+            gc.collect()
+            times[name].append(runs[name]())
     best = {k: min(v) for k, v in times.items()}
     for k, v in best.items():
         print(
