@@ -228,7 +228,7 @@ def _has_kv_cache(model) -> bool:
     """An HF model that returns a KV cache (gradient checkpointing turns the cache off)."""
     if not isinstance(model, PreTrainedModel):
         return False
-    name = (  # renamed in transformers 5.20; the old name warns
+    name = (  # the old name warns in transformers 5.24; 5.19 (the vLLM CPU pin) has only it
         "is_activation_checkpointing"
         if hasattr(type(model), "is_activation_checkpointing")
         else "is_gradient_checkpointing"
