@@ -162,3 +162,31 @@ def test_dpo_loss_equals_trl(model_dir, tmp_path):
     loss, _ = algo.loss(batch, PolicyOutput(logp=logp[order]), algo.config())
     assert abs(loss.item() - expected.item()) <= 1e-6, (loss.item(), expected.item())
     assert abs(loss.item() - 0.6931) > 1e-3  # policy != reference: not the trivial log 2
+
+
+def test_throughput_benchmark_runs_both_trainers(tmp_path):
+    """benchmarks/grpo_vs_trl.py end to end at toy size (a smoke check that it keeps working
+    against the pinned TRL, not a timing): both trainers take their steps and it prints the
+    two ratios."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "grpo_vs_trl.py"
+    args = ["--steps", "2", "--repeats", "1", "--prompts", "2", "--warmstart-steps", "0"]
+    proc = subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={**os.environ, "BENCH_RESULTS": str(tmp_path)},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for name in ("grpo", "trl_grpo", "gvpo"):
+        assert re.search(rf"^{name} +\d+\.\d+ steps/s +\(\d+\.\d+ s for 2 steps", proc.stdout, re.M)
+    ratio = re.search(r"ours/TRL GRPO throughput ratio: (\d+\.\d+)x", proc.stdout)
+    step_ratio = re.search(r"GVPO/GRPO step-time ratio: +(\d+\.\d+)", proc.stdout)
+    assert ratio and float(ratio.group(1)) > 0 and step_ratio and float(step_ratio.group(1)) > 0
