@@ -17,6 +17,8 @@ from torch import Tensor
 from transformers import PreTrainedModel
 from transformers.generation.logits_process import TopPLogitsWarper
 
+from bench.packing import can_pack, packed_outputs
+
 
 @dataclass
 class Generation:
@@ -345,10 +347,19 @@ def _outputs(model, input_ids, attention_mask, T: int, hidden: bool, share: bool
     states there when ``hidden``).
 
     A group's k rows carry the same prompt, and under a causal mask a prompt's keys and values do
-    not depend on what follows, so each distinct prompt runs once and its KV cache is indexed out
-    to its rows before the completions run. Same numbers as one forward over [prompt; completion]
-    (tested to 1e-5, gradients included), with the prompt's share of the FLOPs divided by k."""
+    not depend on what follows, so each distinct prompt runs once: packed with its rows'
+    completions and no padding (``bench.packing``) when the model takes a 4D mask, else its KV
+    cache is indexed out to its rows before the completions run. Same numbers as one forward over
+    [prompt; completion] (tested to 1e-5, gradients included), with the prompt's share of the
+    FLOPs divided by k."""
     P = input_ids.shape[1] - T
+    if (
+        share
+        and P > 0
+        and can_pack(model, input_ids.shape[1])
+        and attention_mask[:, :P].any(1).all()
+    ):
+        return packed_outputs(model, input_ids, attention_mask, T, hidden)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     # The last completion token predicts nothing we score, and no scored position attends to it,
     # so it is never fed: every forward stops one token short.

@@ -1,4 +1,4 @@
-"""Random rollout batches for algorithm tests."""
+"""Random rollout batches for algorithm tests; tiny models of other architectures."""
 
 from __future__ import annotations
 
@@ -34,3 +34,39 @@ def output(logp, values=None) -> PolicyOutput:
     if values is None:
         values = torch.cos(logp * 3)  # depends on logp, so masked/permuted inputs stay consistent
     return PolicyOutput(logp=logp, entropy=torch.zeros_like(logp), values=values)
+
+
+ARCHS = {  # tiny configs of other architectures: what a real checkpoint brings to the same code
+    "llama": {},
+    "gemma2": {},  # sliding-window layers, logit soft-capping (eager attention only)
+    "phi3": {},  # fused qkv
+    "qwen3_moe": {},  # mixture-of-experts MLP
+    "gpt2": {"n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 128},  # learned positions
+    "gpt_neox": {"num_key_value_heads": None, "head_dim": None},
+}
+
+
+def arch_model(arch: str, tok, attn_implementation: str | None = None, seed: int = 0):
+    """A randomly initialised tiny model of ``arch`` (eval mode) for the byte-level tokenizer,
+    built from a transformers config: no download."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    ids = {"pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id}
+    base = {
+        "vocab_size": len(tok),
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "head_dim": 16,
+        "intermediate_size": 64,
+        "max_position_embeddings": 128,
+        "bos_token_id": tok.eos_token_id,
+        **ids,
+    }
+    kw = {"vocab_size": len(tok), **ids, **ARCHS[arch]} if arch == "gpt2" else base | ARCHS[arch]
+    kw = {k: v for k, v in kw.items() if v is not None}
+    torch.manual_seed(seed)
+    config = AutoConfig.for_model(arch, **kw)
+    impl = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    return AutoModelForCausalLM.from_config(config, **impl).eval()

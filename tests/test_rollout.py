@@ -10,6 +10,7 @@ from bench.config import ModelConfig
 from bench.models import build_tiny_model, build_tokenizer
 from bench.rewards import score
 from bench.rollout import HFSampler, completion_mask, token_logps
+from tests.helpers import ARCHS, arch_model
 
 SMALL = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
 
@@ -283,40 +284,12 @@ def test_gradient_checkpointing_models_take_the_one_pass_forward():
     assert again.completion_ids.shape == (6, 4)  # and the sampler works on such a model
 
 
-ARCHS = {  # tiny configs of other architectures: what a real checkpoint brings to the same code
-    "llama": {},
-    "gemma2": {},  # sliding-window layers, logit soft-capping
-    "phi3": {},  # fused qkv
-    "qwen3_moe": {},  # mixture-of-experts MLP
-    "gpt2": {"n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 128},  # learned positions
-    "gpt_neox": {"num_key_value_heads": None, "head_dim": None},
-}
-
-
 @pytest.mark.parametrize("arch", list(ARCHS))
 def test_sampler_and_shared_forward_on_other_architectures(arch):
     """Built from a transformers config (no download): the sampler returns HF generate's tokens
     (greedy and sampled, same seed) and the prompt-shared log-probs equal one forward."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     tok = build_tokenizer()
-    ids = {"pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id}
-    base = {
-        "vocab_size": len(tok),
-        "hidden_size": 32,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 1,
-        "head_dim": 16,
-        "intermediate_size": 64,
-        "max_position_embeddings": 128,
-        "bos_token_id": tok.eos_token_id,
-        **ids,
-    }
-    kw = {"vocab_size": len(tok), **ids, **ARCHS[arch]} if arch == "gpt2" else base | ARCHS[arch]
-    kw = {k: v for k, v in kw.items() if v is not None}
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(arch, **kw)).eval()
+    model = arch_model(arch, tok)
     prompts = ["1+2=", "33-14+2=", "9"]
     for sampling in ({"greedy": True}, {"temperature": 1.0}):
         torch.manual_seed(1)
