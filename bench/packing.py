@@ -1,17 +1,18 @@
-"""Packed log-prob forward: one row per distinct prompt, holding that prompt once and then the
-completion tokens of every row that shares it, with no padding in between.
+"""Packed log-prob forward: each distinct prompt once, followed by the completion tokens of every
+row that shares it, with no padding in between; short groups share a packed row.
 
 A batch of B = U*k rollouts is [left-padded prompt; right-padded completion] per row. Under a
 causal mask a prompt's keys and values do not depend on what follows, and a completion only sees
-its own prompt and its own earlier tokens, so the U packed rows with a block mask (each
-completion attends to its prompt and to itself, causally) give the same outputs as B padded rows:
+its own prompt and its own earlier tokens, so packed rows with a block mask (each completion
+attends to its prompt and to itself, causally) give the same outputs as the B padded rows:
 
-    row u:  [ prompt u | completion of row b1 | completion of row b2 | ... ]   then padding
+    [ prompt u | completion of row b1 | completion of row b2 | ... ][ prompt u' | ... ] padding
 
 Position ids restart each completion right after its prompt. The prompt runs once per group and
 neither left padding nor the padding after short completions is computed: at the default
 arithmetic workload this is a third fewer tokens than prompt sharing through the KV cache, in one
-model call instead of two (see README, "Throughput").
+model call instead of two (see README, "Throughput"). ``tests/test_packing.py`` checks log-probs,
+hidden states and gradients against one padded forward per row on six architectures.
 
 Used for transformers models whose attention takes a custom 4D mask (sdpa and eager) and whose
 positions come from ``position_ids``; other models run the KV-cache path in ``rollout``.
@@ -70,54 +71,89 @@ def packed_outputs(
     n_fed = torch.zeros(U, B, dtype=torch.long, device=dev)
     n_fed[inverse, ar_b] = fed.sum(1)
     earlier = (n_fed.cumsum(1) - n_fed)[inverse, ar_b]
-    S = int((prompt_len + n_fed.sum(1)).max())
+    row_of, start, R, S = _bins((prompt_len + n_fed.sum(1)).tolist(), min_row_width(model), dev)
 
-    ids = input_ids.new_zeros(U, S)
-    pos = torch.zeros(U, S, dtype=torch.long, device=dev)
-    owner = torch.full((U, S), -2, dtype=torch.long, device=dev)  # row b, -1 prompt, -2 padding
+    ids = input_ids.new_zeros(R, S)
+    pos = torch.zeros(R, S, dtype=torch.long, device=dev)
+    group = torch.full((R, S), -1, dtype=torch.long, device=dev)
+    owner = torch.full((R, S), -2, dtype=torch.long, device=dev)  # row b, -1 prompt, -2 padding
     p_col = prompt_on.cumsum(1) - 1
-    p_row = torch.arange(U, device=dev)[:, None].expand(U, P)[prompt_on]
-    p_col_on = p_col[prompt_on]
-    ids[p_row, p_col_on] = unique[:, :P][prompt_on]
-    pos[p_row, p_col_on] = p_col_on
-    owner[p_row, p_col_on] = -1
+    p_u = torch.arange(U, device=dev)[:, None].expand(U, P)[prompt_on]
+    p_at = (row_of[p_u], start[p_u] + p_col[prompt_on])
+    ids[p_at] = unique[:, :P][prompt_on]
+    pos[p_at] = p_col[prompt_on]
+    group[p_at] = p_u
+    owner[p_at] = -1
     j = torch.arange(T - 1, device=dev)[None]
-    t_row = inverse[:, None].expand_as(fed)[fed]
-    t_col = (prompt_len[inverse] + earlier)[:, None] + j  # [B, T-1] packed column of token j
-    ids[t_row, t_col[fed]] = input_ids[:, P:-1][fed]
-    pos[t_row, t_col[fed]] = (prompt_len[inverse][:, None] + j).expand_as(fed)[fed]
-    owner[t_row, t_col[fed]] = ar_b[:, None].expand_as(fed)[fed]
+    t_u = inverse[:, None].expand_as(fed)[fed]
+    t_col = (start[inverse] + prompt_len[inverse] + earlier)[:, None] + j  # [B, T-1]
+    t_at = (row_of[t_u], t_col[fed])
+    ids[t_at] = input_ids[:, P:-1][fed]
+    pos[t_at] = (prompt_len[inverse][:, None] + j).expand_as(fed)[fed]
+    group[t_at] = t_u
+    owner[t_at] = ar_b[:, None].expand_as(fed)[fed]
+    ends = start + prompt_len - 1  # the column of each prompt's last token
+    keep = S - int(ends.min())
 
     out = model(
         input_ids=ids,
-        attention_mask=_block_mask(owner, model),
+        attention_mask=_block_mask(group, owner, model),
         position_ids=pos,
-        logits_to_keep=(keep := S - int(prompt_len.min()) + 1),  # from the earliest prompt end
+        logits_to_keep=keep,  # from the earliest prompt end
         output_hidden_states=hidden,
     )
     first = S - keep
-    # [B, T] index into the U*keep kept positions; U*keep is an appended row of zeros
-    where = torch.full((B, T), U * keep, dtype=torch.long, device=dev)
-    where[:, 0] = inverse * keep + prompt_len[inverse] - 1 - first
-    where[:, 1:][fed] = (inverse[:, None] * keep + t_col - first)[fed]
-    logits = _pick(out.logits.reshape(U * keep, -1), where)
-    states = (
-        _pick(out.hidden_states[-1][:, first:].reshape(U * keep, -1), where) if hidden else None
-    )
+    # [B, T] index into the R*keep kept positions; R*keep is an appended row of zeros
+    where = torch.full((B, T), R * keep, dtype=torch.long, device=dev)
+    where[:, 0] = (row_of * keep + ends - first)[inverse]
+    where[:, 1:][fed] = (row_of[inverse][:, None] * keep + t_col - first)[fed]
+    logits = _pick(out.logits.reshape(R * keep, -1), where)
+    states = None
+    if hidden:
+        states = _pick(out.hidden_states[-1][:, first:].reshape(R * keep, -1), where)
     return logits, states
+
+
+def min_row_width(model) -> int:
+    """Groups shorter than this share a packed row: hidden size / 4 (see ``_bins``)."""
+    return getattr(model.config, "hidden_size", 0) // 4
 
 
 def _pick(flat: Tensor, where: Tensor) -> Tensor:
     return torch.cat([flat, flat.new_zeros(1, flat.shape[1])])[where]
 
 
-def _block_mask(owner: Tensor, model) -> Tensor:
-    """[U, 1, S, S]: query i sees key j <= i of the prompt or of its own completion. Padding
-    queries see the prompt and themselves (a fully masked row would give NaN, also backward)."""
+def _bins(lengths: list[int], min_capacity: int, device) -> tuple[Tensor, Tensor, int, int]:
+    """First-fit decreasing: sequences of ``lengths`` into rows of max(longest, min_capacity)
+    tokens. Returns (row [n], start column [n], rows, row width).
+
+    Short groups share a row so that less of it is padding; the row is attended densely (the
+    mask is [rows, 1, width, width]), so attention per token grows with the width while the
+    linear layers' cost per token (~12 h^2 FLOPs for hidden size h) does not: a width of h / 4
+    keeps attention near a tenth of it. Measured on the tiny arithmetic model (h = 128):
+    widths 32 / 64 / 128 / one row for everything against one row per group: forward+backward
+    -5% / +2% / +8% / -1%."""
+    capacity = max(max(lengths), min_capacity)
+    row, start, fill = [0] * len(lengths), [0] * len(lengths), []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        r = next((r for r, used in enumerate(fill) if used + lengths[i] <= capacity), len(fill))
+        if r == len(fill):
+            fill.append(0)
+        row[i], start[i], fill[r] = r, fill[r], fill[r] + lengths[i]
+    as_tensor = functools.partial(torch.tensor, dtype=torch.long, device=device)
+    return as_tensor(row), as_tensor(start), len(fill), max(fill)
+
+
+def _block_mask(group: Tensor, owner: Tensor, model) -> Tensor:
+    """[R, 1, S, S]: query i sees key j <= i of its group's prompt or of its own completion.
+    Padding queries see themselves (a fully masked row would give NaN, also in the backward)."""
     S = owner.shape[1]
     ar = torch.arange(S, device=owner.device)
     key, query = owner[:, None, :], owner[:, :, None]
-    allowed = (ar[None, :] <= ar[:, None]) & (key != -2) & ((key == -1) | (key == query))
+    same_group = group[:, None, :] == group[:, :, None]
+    allowed = (
+        (ar[None, :] <= ar[:, None]) & same_group & (key != -2) & ((key == -1) | (key == query))
+    )
     allowed = (allowed | torch.eye(S, dtype=torch.bool, device=owner.device))[:, None]
     if model.config._attn_implementation == "sdpa":
         return allowed

@@ -4,9 +4,10 @@ between; same log-probs, hidden states and gradients as one padded forward per r
 import pytest
 import torch
 
+import bench.packing
 import bench.rollout
 from bench.models import build_tokenizer
-from bench.packing import can_pack
+from bench.packing import _bins, can_pack
 from bench.rollout import completion_mask, token_logps
 from tests.helpers import ARCHS, arch_model
 
@@ -53,7 +54,26 @@ def test_each_prompt_runs_once_followed_by_its_rows_completions():
     assert seen[5].tolist() == [True] * 6 + [False]  # "b" sees the prompt, "a" and itself
     assert seen[2].tolist() == [True] * 3 + [False] * 4  # prompt tokens: plain causal
     short = call["attention_mask"][1 - long, 0]
-    assert short[5].tolist() == [True] + [False] * 4 + [True, False]  # padding: prompt, itself
+    assert short[5].tolist() == [False] * 5 + [True, False]  # padding sees itself only
+
+
+def test_short_groups_share_a_row(monkeypatch):
+    """With rows at least 11 tokens wide, the two groups above (7 and 4 tokens) share one row;
+    the second group sees only itself."""
+    monkeypatch.setattr(bench.packing, "min_row_width", lambda model: 11)
+    tok = build_tokenizer()
+    model = arch_model("llama", tok)
+    input_ids, attn = _batch(tok, ["1+2=", "9"], ["ab", "c", "def", ""], T=5)
+    calls, hook = _fed(model)
+    try:
+        token_logps(model, input_ids, attn, 5)
+    finally:
+        hook.remove()
+    (call,) = calls
+    assert tok.decode(call["input_ids"][0]) == "1+2=abc9def"  # longest group first
+    assert call["position_ids"][0].tolist() == [0, 1, 2, 3, 4, 5, 4, 0, 1, 2, 3]
+    seen = call["attention_mask"][0, 0]
+    assert seen[9].tolist() == [False] * 7 + [True] * 3 + [False]  # "e": "9", "d", itself
 
 
 def _logps_and_grads(model, input_ids, attn, T, mask, share: bool):
@@ -86,11 +106,14 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("rows", ["a row per group", "groups share rows"])
 @pytest.mark.parametrize(("arch", "impl"), CASES)
-def test_packed_forward_equals_one_padded_forward_per_row(arch, impl):
+def test_packed_forward_equals_one_padded_forward_per_row(arch, impl, rows, monkeypatch):
     """Every architecture and attention kind the packed path takes: log-probs, entropy, hidden
     states and gradients equal one forward over [prompt; completion] per row. Prompts of
     different lengths, one prompt in two groups, completions of 1 to 6 tokens."""
+    if rows == "groups share rows":
+        monkeypatch.setattr(bench.packing, "min_row_width", lambda model: 30)
     tok = build_tokenizer()
     model = arch_model(arch, tok, attn_implementation=impl)
     assert can_pack(model, 16)
@@ -102,7 +125,9 @@ def test_packed_forward_equals_one_padded_forward_per_row(arch, impl):
         token_logps(model, input_ids, attn, 6)
     finally:
         hook.remove()
-    assert [c["input_ids"].shape[0] for c in calls] == [3]  # one call, one row per prompt
+    # one call; groups of 15 ("1+2=" twice), 18 and 7 tokens: a row each, or rows of 18+7 and 15
+    want = [(3, 18)] if rows == "a row per group" else [(2, 25)]
+    assert [tuple(c["input_ids"].shape) for c in calls] == want
     packed = _assert_same(model, input_ids, attn, 6)
     assert ((packed.hidden == 0).all(-1) | attn[:, -6:].bool()).all()  # zeros off the mask
 
@@ -129,3 +154,14 @@ def test_what_packs():
     assert not can_pack(arch_model("gemma2", tok, attn_implementation="eager"), 4097)  # window
     assert not can_pack(torch.nn.Linear(2, 2), 4)  # not a transformers model
     assert not can_pack(arch_model("llama", tok, attn_implementation="flex_attention"), 4)
+
+
+def test_first_fit_decreasing_rows():
+    """Longest first, each into the first row with room; rows are max(longest, min width) wide."""
+    row, start, n_rows, width = _bins([5, 9, 3, 4, 2], min_capacity=10, device="cpu")
+    # 9 -> row 0; 5 -> row 1; 4 -> row 1 at 5 (9+4 > 10); 3 -> row 2; 2 -> row 2 at 3
+    assert row.tolist() == [1, 0, 2, 1, 2] and start.tolist() == [0, 0, 0, 5, 3]
+    assert (n_rows, width) == (3, 9)
+    row, start, n_rows, width = _bins([5, 9, 3], min_capacity=0, device="cpu")
+    # rows are 9 wide: 9 -> row 0; 5 -> row 1; 3 -> row 1 at 5
+    assert row.tolist() == [1, 0, 1] and start.tolist() == [0, 0, 5] and (n_rows, width) == (2, 9)
