@@ -93,10 +93,18 @@ def completion_mask(ids: Tensor, eos_id: int) -> tuple[Tensor, Tensor]:
 
 def _prompts(tokenizer, prompts: list[str], k: int) -> tuple[Tensor, Tensor]:
     """Left-padded prompt ids and mask [N, P], each prompt repeated k times (one group)."""
-    enc = tokenizer(prompts, padding=True, return_tensors="pt", add_special_tokens=False)
-    return enc["input_ids"].repeat_interleave(k, dim=0), enc["attention_mask"].repeat_interleave(
-        k, dim=0
-    )
+    rows = [_prompt_ids(tokenizer, p) for p in prompts for _ in range(k)]
+    width = max(map(len, rows), default=0)
+    pad = tokenizer.pad_token_id
+    ids = torch.tensor([[pad] * (width - len(r)) + list(r) for r in rows], dtype=torch.long)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
+    return ids, mask
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _prompt_ids(tokenizer, prompt: str) -> tuple[int, ...]:
+    """A prompt's token ids, tokenized once: a run draws the same prompts again and again."""
+    return tuple(tokenizer(prompt, add_special_tokens=False)["input_ids"])
 
 
 def _finish(tokenizer, prompt_ids, prompt_mask, new_ids: Tensor, max_new_tokens: int) -> Generation:
@@ -116,7 +124,7 @@ class HFSampler:
     Each prompt is prefilled once and its KV cache repeated to its k rows (a group shares its
     prompt), and the first token of every row is drawn from that prefill's logits, so the prompt's
     cost is paid once per group. The decode loop is ``model(...)`` with the model's own cache,
-    token by token, drawing with ``torch.multinomial`` as HF generate does (same seed, same tokens:
+    token by token, drawing as HF generate's ``torch.multinomial`` does (same seed, same tokens:
     tested). It samples exactly the distribution the loss's log-probs describe: HF generate would
     also apply a checkpoint's generation_config extras (repetition_penalty, top_k, min_p, ...).
     Models without an HF KV cache (e.g. the bandit's table policy) go through ``model.generate``."""
@@ -168,7 +176,17 @@ class _Draw:
             logits = logits / self.temperature
         if self.top_p < 1.0:
             logits = TopPLogitsWarper(self.top_p)(None, logits)
-        return torch.multinomial(logits.softmax(-1), num_samples=1).squeeze(1)
+        return multinomial_one(logits.softmax(-1))
+
+
+def multinomial_one(probs: Tensor) -> Tensor:
+    """``torch.multinomial(probs, 1).squeeze(1)`` by the same exponential race, argmax p / q with
+    q ~ Exp(1) = -log1p(-u), u uniform in float64: on the CPU the same generator draws and the
+    same tokens (tested), 2.6x faster (torch's CPU ``exponential_`` costs 0.33 ms for 64 x 258)."""
+    if not bool(((probs >= 0) & (probs < torch.inf)).all()):  # also False for NaN
+        raise ValueError("probability tensor contains either `inf`, `nan` or element < 0")
+    u = torch.rand(probs.shape, dtype=torch.float64, device=probs.device)
+    return (probs / (-torch.log1p(-u)).to(probs.dtype)).argmax(-1)
 
 
 def _decode(model, ids: Tensor, mask: Tensor, k: int, max_new_tokens: int, draw, tokenizer):

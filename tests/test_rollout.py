@@ -9,7 +9,7 @@ from transformers import AutoTokenizer
 from bench.config import ModelConfig
 from bench.models import build_tiny_model, build_tokenizer
 from bench.rewards import score
-from bench.rollout import HFSampler, completion_mask, token_logps
+from bench.rollout import HFSampler, completion_mask, multinomial_one, token_logps
 from tests.helpers import ARCHS, arch_model
 
 SMALL = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
@@ -69,6 +69,25 @@ def test_sampler_groups_and_recomputed_logps_match_generate(tiny):
     mine, ent, _ = token_logps(model, out.sequences, attn, new.shape[1], entropy=True)
     assert torch.allclose(mine, scores, atol=1e-5)
     assert ent.shape == mine.shape and (ent >= 0).all()
+
+
+def test_multinomial_one_draws_what_torch_multinomial_draws():
+    """Same tokens and the same generator state after, for distributions with zeros (a top-p
+    nucleus), a near-one-hot row and float64; NaN is refused as torch refuses it."""
+    g = torch.Generator().manual_seed(0)
+    probs = torch.rand(64, 258, generator=g).pow(4)
+    probs[:, 100:] = 0
+    probs[0] = 0
+    probs[0, 7] = 1
+    for dtype in (torch.float32, torch.float64):
+        p = (probs / probs.sum(-1, keepdim=True)).to(dtype)
+        for seed in range(50):
+            torch.manual_seed(seed)
+            want, after = torch.multinomial(p, 1).squeeze(1), torch.rand(2)
+            torch.manual_seed(seed)
+            assert torch.equal(multinomial_one(p), want) and torch.equal(torch.rand(2), after)
+    with pytest.raises(ValueError, match="nan"):
+        multinomial_one(torch.tensor([[0.5, float("nan")]]))
 
 
 def test_greedy_is_deterministic(tiny):
