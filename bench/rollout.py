@@ -163,35 +163,42 @@ class HFSampler:
 @dataclass(frozen=True)
 class _Draw:
     """Next-token choice from logits [B, V]: argmax, or a draw from softmax(logits / temperature)
-    restricted to the top_p nucleus (transformers' own warper), as in HF generate."""
+    restricted to the top_p nucleus (transformers' own warper), as in HF generate.
+
+    ``live`` names the rows of an ``n_rows`` batch that the logits belong to (rows that ended
+    have left the batch): uniforms are still drawn for all n_rows rows, as generate draws for
+    finished rows too, so the live rows get generate's tokens for a seed."""
 
     temperature: float
     top_p: float
     greedy: bool
 
-    def __call__(self, logits: Tensor) -> Tensor:
+    def __call__(self, logits: Tensor, live: Tensor | None = None, n_rows: int = 0) -> Tensor:
         if self.greedy:
             return logits.argmax(-1)
         if self.temperature != 1.0:
             logits = logits / self.temperature
         if self.top_p < 1.0:
             logits = TopPLogitsWarper(self.top_p)(None, logits)
-        return multinomial_one(logits.softmax(-1))
+        return multinomial_one(logits.softmax(-1), live, n_rows)
 
 
-def multinomial_one(probs: Tensor) -> Tensor:
+def multinomial_one(probs: Tensor, live: Tensor | None = None, n_rows: int = 0) -> Tensor:
     """``torch.multinomial(probs, 1).squeeze(1)`` by the same exponential race, argmax p / q with
     q ~ Exp(1) = -log1p(-u), u uniform in float64: on the CPU the same generator draws and the
-    same tokens (tested), 2.6x faster (torch's CPU ``exponential_`` costs 0.33 ms for 64 x 258)."""
+    same tokens (tested), 2.6x faster (torch's CPU ``exponential_`` costs 0.33 ms for 64 x 258).
+    With ``live``, probs are rows ``live`` of an n_rows batch: the draw of those rows."""
     if not bool(((probs >= 0) & (probs < torch.inf)).all()):  # also False for NaN
         raise ValueError("probability tensor contains either `inf`, `nan` or element < 0")
-    u = torch.rand(probs.shape, dtype=torch.float64, device=probs.device)
+    shape = probs.shape if live is None else (n_rows, probs.shape[1])
+    u = torch.rand(shape, dtype=torch.float64, device=probs.device)
+    u = u if live is None else u[live]
     return (probs / (-torch.log1p(-u)).to(probs.dtype)).argmax(-1)
 
 
 def _decode(model, ids: Tensor, mask: Tensor, k: int, max_new_tokens: int, draw, tokenizer):
     """New tokens [U*k, <= max_new_tokens] for U left-padded prompts, k rows each (EOS, then pad).
-    Stops when every row has ended."""
+    A row leaves the decode batch (and its KV cache) when it ends; stops when every row has."""
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
     out = model(
@@ -207,14 +214,24 @@ def _decode(model, ids: Tensor, mask: Tensor, k: int, max_new_tokens: int, draw,
         logits = logits.repeat_interleave(k, dim=0)
     mask = mask.repeat_interleave(k, dim=0)
     position_ids = position_ids[:, -1:].repeat_interleave(k, dim=0)
-    ended = torch.zeros(mask.shape[0], dtype=torch.bool, device=mask.device)
-    tokens = []
+    n = mask.shape[0]
+    tokens = torch.full((n, max_new_tokens), pad, dtype=torch.long, device=mask.device)
+    live = torch.arange(n, device=mask.device)  # rows still being decoded
     for t in range(max_new_tokens):
-        token = draw(logits).masked_fill(ended, pad)
-        tokens.append(token)
-        ended |= token == eos
-        if t + 1 == max_new_tokens or bool(ended.all()):
+        token = draw(logits, live, n)
+        tokens[live, t] = token
+        going = token != eos
+        if t + 1 == max_new_tokens or not bool(going.any()):
             break
+        if not bool(going.all()):  # ended rows leave the batch
+            keep = going.nonzero().squeeze(1)
+            live, token, mask, position_ids = (
+                live[keep],
+                token[keep],
+                mask[keep],
+                position_ids[keep],
+            )
+            cache.batch_select_indices(keep)
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
         position_ids = position_ids + 1
         out = model(
@@ -225,7 +242,7 @@ def _decode(model, ids: Tensor, mask: Tensor, k: int, max_new_tokens: int, draw,
             use_cache=True,
         )
         cache, logits = _cache_of(out), out.logits[:, -1].float()
-    return torch.stack(tokens, dim=1)
+    return tokens[:, : t + 1]
 
 
 def _library_generate(model, ids, mask, k: int, max_new_tokens: int, draw: _Draw, tokenizer):

@@ -245,6 +245,38 @@ def test_sampler_draws_the_same_tokens_as_hf_generate(tiny, sampling):
         assert len({tuple(r) for r in gen.completion_ids[:3].tolist()}) > 1
 
 
+@pytest.mark.parametrize("sampling", [{"greedy": True}, {"temperature": 0.8, "top_p": 0.9}])
+def test_rows_that_end_leave_the_decode_batch(tiny, sampling):
+    """With EOS made likely (+4 on its logit, through a hook HF generate sees too), rows end at
+    different steps: they leave the decode batch and its KV cache, and the rest still get
+    exactly HF generate's tokens for the seed."""
+    model, tok = tiny
+
+    def likely_eos(module, args, kwargs, out):
+        out.logits[..., tok.eos_token_id] += 4.0
+        rows.append(kwargs["input_ids"].shape[0])
+
+    rows: list[int] = []
+    hook = model.register_forward_hook(likely_eos, with_kwargs=True)
+    try:
+        torch.manual_seed(5)
+        gen = HFSampler().generate(model, tok, ["1+2=", "33-14+2=", "9"], 4, 8, **sampling)
+        decode_rows = rows[1:]
+        hf = {"do_sample": False} if sampling.get("greedy") else {"do_sample": True, "top_k": 0}
+        hf |= {key: v for key, v in sampling.items() if key != "greedy"}
+        torch.manual_seed(5)
+        want = _hf_generate(model, tok, ["1+2=", "33-14+2=", "9"], 4, 8, **hf)
+    finally:
+        hook.remove()
+    assert torch.equal(gen.completion_ids, want)
+    lengths = gen.completion_mask.sum(1)
+    if not sampling.get("greedy"):
+        assert len(set(lengths.tolist())) > 2  # rows end at different steps
+        assert decode_rows == sorted(decode_rows, reverse=True) and decode_rows[-1] < 12
+    # a decode step feeds only the rows that have not ended
+    assert decode_rows == [int((lengths > t + 1).sum()) for t in range(len(decode_rows))]
+
+
 def test_sampler_ignores_generation_config_extras(tiny):
     """Samples come from the policy's own distribution (what the loss's log-probs describe): a
     checkpoint's generation_config (here repetition_penalty and top_k) changes HF generate, not
