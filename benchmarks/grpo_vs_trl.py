@@ -5,12 +5,14 @@ CPU, same settings (GRPO loss, beta 0.04, eps 0.2, no gradient checkpointing: TR
 on by default), run one after the other in this process. A step is: sample k completions per
 prompt, score them, compute reference log-probs, one optimiser update.
 
-    python benchmarks/grpo_vs_trl.py [--steps 30] [--repeats 5] [--prompts 16] [--k 4] [--max-new-tokens 6]
-    python benchmarks/grpo_vs_trl.py --task gsm8k --warmstart-steps 0 --max-new-tokens 16
+    python benchmarks/grpo_vs_trl.py [--steps 30] [--repeats 5] [--prompts 32] [--k 4] [--max-new-tokens 6]
+    python benchmarks/grpo_vs_trl.py --task gsm8k --warmstart-steps 0 --prompts 16 --max-new-tokens 16
 
-The default workload is arithmetic with the model ``make compare`` trains (the preset's warm
-start, cached under results/cache): 6-token prompts, answers of 2-4 tokens, rewards with a
-spread. ``--task gsm8k`` uses GSM8K questions (~230-token prompts with the byte-level tokenizer),
+The default workload is the one ``make compare`` runs: the arithmetic preset's model (its warm
+start, cached under results/cache), prompts per step, k and token budget: 32 six-token prompts
+x 4 completions, answers of 2-4 tokens, rewards with a spread. The learning rate is 1e-5 on both
+sides (speed does not depend on it, and a small one keeps both sides' completions near the
+warm-started model's over the run). ``--task gsm8k`` uses GSM8K questions (~230-token prompts with the byte-level tokenizer),
 where running each prompt once per group matters more; ``--warmstart-steps 0`` skips the warm
 start there (a random model writes until the budget).
 """
@@ -133,9 +135,9 @@ def main() -> None:
         "i.e. the model `make compare` trains, cached; 0 = random init)",
     )
     p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--prompts", type=int, default=16)
-    p.add_argument("--k", type=int, default=4)
-    p.add_argument("--max-new-tokens", type=int, default=6)
+    p.add_argument("--prompts", type=int, help="prompts per step (default: the preset's, 32)")
+    p.add_argument("--k", type=int, help="completions per prompt (default: the preset's, 4)")
+    p.add_argument("--max-new-tokens", type=int, help="token budget (default: the preset's, 6)")
     p.add_argument(
         "--repeats",
         type=int,
@@ -148,6 +150,9 @@ def main() -> None:
     if args.warmstart_steps is not None:
         overrides.append(f"model.warmstart_steps={args.warmstart_steps}")
     cfg = load_config("arithmetic", overrides)
+    args.prompts = args.prompts or cfg.train.prompts_per_step  # the workload `make compare` runs
+    args.k = args.k or cfg.sampling.k
+    args.max_new_tokens = args.max_new_tokens or cfg.sampling.max_new_tokens
     task = TASKS.get(args.task)(cfg.task_config())
     model, tok, _ = load_policy(cfg.model, task)  # the warm-started tiny model the presets use
     model_dir = tempfile.mkdtemp()
