@@ -23,11 +23,15 @@ def _batch(tok, prompts: list[str], completions: list[str], T: int):
     return input_ids, torch.cat([enc["attention_mask"].repeat_interleave(k, 0), mask], 1)
 
 
-def _fed(model):
-    """Records the keyword arguments of every call of ``model``."""
+def _calls(model, input_ids, attn, T: int) -> list[dict]:
+    """The keyword arguments of every call of ``model`` while token_logps runs on the batch."""
     calls = []
     hook = model.register_forward_hook(lambda m, a, kw, out: calls.append(kw), with_kwargs=True)
-    return calls, hook
+    try:
+        token_logps(model, input_ids, attn, T)
+    finally:
+        hook.remove()
+    return calls
 
 
 def test_each_prompt_runs_once_followed_by_its_rows_completions():
@@ -37,11 +41,7 @@ def test_each_prompt_runs_once_followed_by_its_rows_completions():
     tok = build_tokenizer()
     model = arch_model("llama", tok)
     input_ids, attn = _batch(tok, ["1+2=", "9"], ["ab", "c", "def", ""], T=5)
-    calls, hook = _fed(model)
-    try:
-        token_logps(model, input_ids, attn, 5)
-    finally:
-        hook.remove()
+    calls = _calls(model, input_ids, attn, 5)
     (call,) = calls
     rows = {tok.decode(r[r != 0]): r for r in call["input_ids"]}
     assert set(rows) == {"1+2=abc", "9def"}  # 0 is padding in the packed rows
@@ -64,11 +64,7 @@ def test_short_groups_share_a_row(monkeypatch):
     tok = build_tokenizer()
     model = arch_model("llama", tok)
     input_ids, attn = _batch(tok, ["1+2=", "9"], ["ab", "c", "def", ""], T=5)
-    calls, hook = _fed(model)
-    try:
-        token_logps(model, input_ids, attn, 5)
-    finally:
-        hook.remove()
+    calls = _calls(model, input_ids, attn, 5)
     (call,) = calls
     assert tok.decode(call["input_ids"][0]) == "1+2=abc9def"  # longest group first
     assert call["position_ids"][0].tolist() == [0, 1, 2, 3, 4, 5, 4, 0, 1, 2, 3]
@@ -120,11 +116,7 @@ def test_packed_forward_equals_one_padded_forward_per_row(arch, impl, rows, monk
     prompts = ["1+2=", "what is 12*13? ", "7", "1+2="]
     completions = ["12", "3", "abcde", "", "x", "yy", "zzz", "4", "55", "1", "", "42"]
     input_ids, attn = _batch(tok, prompts, completions, T=6)
-    calls, hook = _fed(model)
-    try:
-        token_logps(model, input_ids, attn, 6)
-    finally:
-        hook.remove()
+    calls = _calls(model, input_ids, attn, 6)
     # one call; groups of 15 ("1+2=" twice), 18 and 7 tokens: a row each, or rows of 18+7 and 15
     want = [(3, 18)] if rows == "a row per group" else [(2, 25)]
     assert [tuple(c["input_ids"].shape) for c in calls] == want
@@ -139,11 +131,7 @@ def test_models_that_cannot_pack_share_prompts_through_the_kv_cache(monkeypatch)
     tok = build_tokenizer()
     model = arch_model("llama", tok)
     input_ids, attn = _batch(tok, ["1+2=", "9"], ["12", "3", "abcde", ""], T=6)
-    calls, hook = _fed(model)
-    try:
-        token_logps(model, input_ids, attn, 6)
-    finally:
-        hook.remove()
+    calls = _calls(model, input_ids, attn, 6)
     assert [c["input_ids"].shape for c in calls] == [(2, 4), (4, 5)]  # prompts, then completions
     _assert_same(model, input_ids, attn, 6)
 
