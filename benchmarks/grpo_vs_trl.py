@@ -12,9 +12,9 @@ The default workload is the one ``make compare`` runs: the arithmetic preset's m
 start, cached under results/cache), prompts per step, k and token budget: 32 six-token prompts
 x 4 completions, answers of 2-4 tokens, rewards with a spread. The learning rate is 1e-5 on both
 sides (speed does not depend on it, and a small one keeps both sides' completions near the
-warm-started model's over the run). ``--task gsm8k`` uses GSM8K questions (~230-token prompts with the byte-level tokenizer),
-where running each prompt once per group matters more; ``--warmstart-steps 0`` skips the warm
-start there (a random model writes until the budget).
+warm-started model's over the run). ``--task gsm8k`` uses GSM8K questions (~230-token prompts
+with the byte-level tokenizer), where running each prompt once per group matters more;
+``--warmstart-steps 0`` skips the warm start there (a random model writes until the budget).
 """
 
 from __future__ import annotations
