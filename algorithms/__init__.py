@@ -14,8 +14,8 @@ from typing import Any
 
 from torch import Tensor
 
-from bench.batch import PolicyOutput, RolloutBatch
-from bench.registry import Registry
+from bench.core.batch import PolicyOutput, RolloutBatch
+from bench.core.registry import Registry
 
 LossFn = Callable[[RolloutBatch, PolicyOutput, Any], tuple[Tensor, dict[str, float]]]
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from algorithms import Algorithm, Needs, register
-from bench.batch import PolicyOutput, RolloutBatch, group_index, seq_sum
+from bench.core.batch import PolicyOutput, RolloutBatch, group_index, seq_sum
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 
 from algorithms import Algorithm, Needs, register
-from bench.batch import PolicyOutput, RolloutBatch, group_mean, group_std, masked_mean, seq_sum
+from algorithms._common import clipped_pg
+from bench.core.batch import PolicyOutput, RolloutBatch, group_mean, group_std, masked_mean, seq_sum
 
 LossAgg = Literal["seq-mean-token-mean", "token-mean", "token-sum-norm"]
 
@@ -62,15 +63,6 @@ def aggregate(per_token: Tensor, mask: Tensor, mode: str) -> Tensor:
     if mode == "token-sum-norm":
         return (per_token * mask).sum() / (mask.shape[0] * mask.shape[1])
     raise ValueError(f"unknown loss_agg '{mode}'")
-
-
-def clipped_pg(logp: Tensor, old_logp: Tensor, adv: Tensor, eps_low: float, eps_high: float):
-    """PPO-clip surrogate per token, [B, T]; adv is [B, 1] or [B, T]. Returns (loss, clipped)."""
-    ratio = torch.exp(logp - old_logp)
-    pg1 = -adv * ratio
-    pg2 = -adv * torch.clamp(ratio, 1 - eps_low, 1 + eps_high)
-    clipped = ((ratio < 1 - eps_low) & (adv < 0)) | ((ratio > 1 + eps_high) & (adv > 0))
-    return torch.maximum(pg1, pg2), clipped
 
 
 def grpo_loss(batch: RolloutBatch, out: PolicyOutput, cfg: Config) -> tuple[Tensor, dict]:

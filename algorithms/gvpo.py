@@ -17,7 +17,7 @@ from typing import Literal
 from torch import Tensor
 
 from algorithms import Algorithm, Needs, register
-from bench.batch import PolicyOutput, RolloutBatch, group_index, group_mean, group_std, seq_sum
+from bench.core.batch import PolicyOutput, RolloutBatch, group_index, group_mean, group_std, seq_sum
 
 
 @dataclass(frozen=True)
@@ -37,16 +37,13 @@ def weights(l: Tensor, rewards: Tensor, group_ids: Tensor, beta: float) -> Tenso
 def gvpo_loss(batch: RolloutBatch, out: PolicyOutput, cfg: Config) -> tuple[Tensor, dict]:
     anchor = batch.ref_logp if cfg.anchor == "reference" else batch.old_logp
     l = seq_sum(out.logp - anchor, batch.mask)  # [B]
-    beta_l = cfg.beta * l
-    centred_l = beta_l - group_mean(beta_l, batch.group_ids)  # [B]
-    centred_r = batch.rewards - group_mean(batch.rewards, batch.group_ids)  # [B]
+    w = weights(l, batch.rewards, batch.group_ids, cfg.beta)  # [B], depends on theta through l
     inv, counts = group_index(batch.group_ids)
     k = counts[inv].to(l.dtype)  # [B]
-    per_row = 0.5 * (centred_l - centred_r) ** 2 / (k - 1).clamp(min=1)
-    loss = per_row.sum()
+    loss = (0.5 * w**2 / (k - 1).clamp(min=1)).sum()  # Eq. 10: squared zero-sum residuals
     if cfg.mean_over_groups:
         loss = loss / counts.shape[0]
-    w = (centred_r - centred_l).detach()
+    w = w.detach()
     metrics = {
         "gvpo/abs_weight": w.abs().mean().item(),
         "gvpo/logratio_std": group_std(l.detach(), batch.group_ids).mean().item(),

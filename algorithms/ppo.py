@@ -16,8 +16,8 @@ import torch
 from torch import Tensor
 
 from algorithms import Algorithm, Needs, register
-from algorithms.grpo import clipped_pg
-from bench.batch import PolicyOutput, RolloutBatch, masked_mean
+from algorithms._common import clipped_pg
+from bench.core.batch import PolicyOutput, RolloutBatch, masked_mean
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import yaml
 
-from bench.errors import BenchError, did_you_mean
+from bench.core.errors import BenchError, did_you_mean
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 

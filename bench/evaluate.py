@@ -7,7 +7,7 @@ from collections import Counter
 import torch
 
 from bench.config import EvalConfig, SamplingConfig
-from bench.rollout import Sampler
+from bench.core.generation import Sampler
 
 
 def majority(answers: list[str]) -> str:
@@ -59,6 +59,7 @@ def evaluate(
 def evaluate_model(
     model_name: str,
     task_names: list[str],
+    *,
     k: int = 4,
     max_new_tokens: int = 512,
     limit: int = 0,
@@ -77,9 +78,9 @@ def evaluate_model(
     import time
 
     from bench.config import ModelConfig, build_dataclass
-    from bench.errors import BenchError, did_you_mean
+    from bench.core.errors import BenchError, did_you_mean
+    from bench.core.paths import results_dir
     from bench.models import load_policy
-    from bench.paths import results_dir
     from bench.tracking import Tracker, resolve_uri
     from bench.vllm_sampler import make_sampler
     from tasks import TASKS
@@ -112,7 +113,7 @@ def evaluate_model(
     if model is None:
         raise BenchError("bench eval needs at least one task (--tasks gsm8k,math500)")
     if lm_eval:  # the same tasks through lm-evaluation-harness: greedy, same token budget
-        from bench.lmeval import evaluate_with_lmeval
+        from bench.app.lmeval import evaluate_with_lmeval
 
         lm_metrics, _ = evaluate_with_lmeval(
             model_name, built, results_dir() / "lmeval_tasks", limit, max_new_tokens
@@ -147,7 +148,7 @@ def checkpoint_of(model_or_run: str, tracking_uri: str | None) -> str:
     """A training run id with a saved checkpoint -> that folder; anything else unchanged."""
     import re
 
-    from bench.errors import BenchError
+    from bench.core.errors import BenchError
     from bench.tracking import client, resolve_uri
 
     if not re.fullmatch(r"[0-9a-f]{32}", model_or_run):

@@ -18,39 +18,20 @@ from pathlib import Path
 
 import torch
 import transformers
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
-    PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
 )
 
 from bench.config import ModelConfig
-from bench.errors import BenchError
-from bench.paths import cache_dir
-from bench.progress import bar
+from bench.core.errors import BenchError
+from bench.core.paths import cache_dir
+from bench.core.progress import bar
+from bench.core.tokenizer import build_tokenizer
 
 transformers.utils.logging.disable_progress_bar()  # our own bars; HF's shard bars are noise
-SPECIAL = ["<pad>", "<eos>"]
-
-
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """Byte-level BPE with no merges: 256 byte tokens + <pad> + <eos>; round-trips any text."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=256 + len(SPECIAL),
-        special_tokens=SPECIAL,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(["0123456789+-*= "], trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
-    fast.padding_side = "left"
-    return fast
 
 
 def build_tiny_model(cfg: ModelConfig, tokenizer) -> Qwen2ForCausalLM:

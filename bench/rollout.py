@@ -1,8 +1,8 @@
 """Rollout layer: sample k completions per prompt, and recompute per-token log-probs.
 
-``Sampler`` is the interface a vLLM backend implements; ``HFSampler`` decodes with a
-transformers model and its KV cache. Log-probs used for training (old / reference) are always recomputed with the
-training-side model by ``token_logps``, never taken from the sampler.
+``HFSampler`` implements ``bench.core.Sampler`` with a transformers model and its KV cache (the
+vLLM backend is bench/vllm_sampler.py). Log-probs used for training (old / reference) are
+always recomputed with the training-side model by ``token_logps``, never taken from the sampler.
 """
 
 from __future__ import annotations
@@ -10,111 +10,15 @@ from __future__ import annotations
 import functools
 import inspect
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 from transformers.generation.logits_process import TopPLogitsWarper
 
+from bench.core.generation import finish_generation, prompt_tensors
 from bench.packing import can_pack, packed_outputs
-
-
-@dataclass
-class Generation:
-    prompt_ids: Tensor  # [N, P] left-padded prompts (N = prompts * k, each prompt repeated k times)
-    prompt_mask: Tensor  # [N, P]
-    completion_ids: Tensor  # [N, T] right-padded to T = max_new_tokens
-    completion_mask: Tensor  # [N, T] 1 up to and including the first EOS
-    texts: list[str]  # decoded completions, special tokens removed
-    truncated: Tensor  # [N] bool: no EOS within the budget
-    rewards: Tensor | None = None  # [N] set by offline sources (pairs: 1 chosen, 0 rejected)
-    behaviour_logp: Tensor | None = None  # [N, T] log-probs of the distribution that drew each
-    # row, when it is not simply the current policy (reference, uniform, mixture, replay)
-
-    def rows(self, idx: Tensor) -> Generation:
-        """The rows ``idx`` of every per-row field."""
-        return Generation(**{f: _take(getattr(self, f), idx) for f in _ROW_FIELDS})
-
-    @staticmethod
-    def cat(parts: list[Generation]) -> Generation:
-        """Rows of several generations (same prompt tokenization and completion length) stacked."""
-        return Generation(**{f: _join([getattr(p, f) for p in parts]) for f in _ROW_FIELDS})
-
-    @property
-    def input_ids(self) -> Tensor:  # [N, P+T]
-        return torch.cat([self.prompt_ids, self.completion_ids], dim=1)
-
-    @property
-    def attention_mask(self) -> Tensor:  # [N, P+T]
-        return torch.cat([self.prompt_mask, self.completion_mask], dim=1)
-
-
-_ROW_FIELDS = [f for f in Generation.__dataclass_fields__]
-
-
-def _take(value, idx: Tensor):
-    if value is None:
-        return None
-    return [value[i] for i in idx.tolist()] if isinstance(value, list) else value[idx]
-
-
-def _join(values: list):
-    if values[0] is None:
-        return None
-    return (
-        [v for part in values for v in part] if isinstance(values[0], list) else torch.cat(values)
-    )
-
-
-class Sampler(Protocol):
-    def generate(
-        self,
-        model,
-        tokenizer,
-        prompts: list[str],
-        k: int,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        greedy: bool = False,
-    ) -> Generation: ...
-
-    def weights_changed(self) -> None:
-        """The policy took an optimiser step (a sampler holding its own copy re-syncs)."""
-
-
-def completion_mask(ids: Tensor, eos_id: int) -> tuple[Tensor, Tensor]:
-    """Mask [N, T] of tokens up to and including the first EOS, and truncated [N] (no EOS)."""
-    is_eos = ids == eos_id
-    seen_before = (is_eos.cumsum(dim=1) - is_eos.long()) > 0  # an EOS strictly earlier
-    return (~seen_before).long(), ~is_eos.any(dim=1)
-
-
-def _prompts(tokenizer, prompts: list[str], k: int) -> tuple[Tensor, Tensor]:
-    """Left-padded prompt ids and mask [N, P], each prompt repeated k times (one group)."""
-    rows = [_prompt_ids(tokenizer, p) for p in prompts for _ in range(k)]
-    width = max(map(len, rows), default=0)
-    pad = tokenizer.pad_token_id
-    ids = torch.tensor([[pad] * (width - len(r)) + list(r) for r in rows], dtype=torch.long)
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
-    return ids, mask
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _prompt_ids(tokenizer, prompt: str) -> tuple[int, ...]:
-    """A prompt's token ids, tokenized once: a run draws the same prompts again and again."""
-    return tuple(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-
-
-def _finish(tokenizer, prompt_ids, prompt_mask, new_ids: Tensor, max_new_tokens: int) -> Generation:
-    """Pad sampled ids to max_new_tokens, mask after the first EOS, decode."""
-    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
-    ids = torch.nn.functional.pad(new_ids, (0, max_new_tokens - new_ids.shape[1]), value=pad)
-    mask, truncated = completion_mask(ids, eos)
-    ids = ids.masked_fill(mask == 0, pad)
-    texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
-    return Generation(prompt_ids, prompt_mask, ids, mask, texts, truncated)
 
 
 class HFSampler:
@@ -139,7 +43,7 @@ class HFSampler:
     def generate(
         self, model, tokenizer, prompts, k, max_new_tokens, temperature=1.0, top_p=1.0, greedy=False
     ):
-        prompt_ids, prompt_mask = _prompts(tokenizer, prompts, 1)
+        prompt_ids, prompt_mask = prompt_tensors(tokenizer, prompts, 1)
         device = model_device(model)
         draw = _Draw(temperature, top_p, greedy)
         per_call = max(1, self.batch_size // k)
@@ -157,7 +61,7 @@ class HFSampler:
                 )  # rollouts live on the CPU; batches move
             )
         ids, mask = prompt_ids.repeat_interleave(k, dim=0), prompt_mask.repeat_interleave(k, dim=0)
-        return _finish(tokenizer, ids, mask, torch.cat(chunks), max_new_tokens)
+        return finish_generation(tokenizer, ids, mask, torch.cat(chunks), max_new_tokens)
 
 
 @dataclass(frozen=True)
@@ -288,36 +192,6 @@ def _with_cache(model, cache) -> dict:
 def _cache_of(out):
     cache = getattr(out, "cache", None)
     return cache if cache is not None else out.past_key_values
-
-
-def tokenize_completions(
-    tokenizer, texts: list[str], max_new_tokens: int
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Given completion texts -> (ids [N, T] + EOS, right-padded, mask [N, T], truncated [N])."""
-    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
-    rows = [tokenizer(t, add_special_tokens=False)["input_ids"] + [eos] for t in texts]
-    truncated = torch.tensor([len(r) > max_new_tokens for r in rows])
-    rows = [r[:max_new_tokens] + [pad] * (max_new_tokens - len(r[:max_new_tokens])) for r in rows]
-    ids = torch.tensor(rows, dtype=torch.long)
-    mask, _ = completion_mask(ids, eos)
-    mask = mask * (ids != pad).long()
-    return ids, mask, truncated
-
-
-class PreferencePairs:
-    """Offline source: each prompt's completions are its data set pair, chosen then rejected,
-    with rewards 1 and 0 (a group of k=2). Used for offline DPO; nothing is sampled."""
-
-    def __init__(self, rows: list[dict], max_new_tokens: int):
-        self.pairs = {r["prompt"]: (r["chosen"], r["rejected"]) for r in rows}
-        self.max_new_tokens = max_new_tokens
-
-    def draw(self, policy, tokenizer, prompts: list[str]) -> Generation:
-        texts = [t for p in prompts for t in self.pairs[p]]
-        prompt_ids, prompt_mask = _prompts(tokenizer, prompts, 2)
-        ids, mask, truncated = tokenize_completions(tokenizer, texts, self.max_new_tokens)
-        rewards = torch.tensor([1.0, 0.0] * len(prompts))
-        return Generation(prompt_ids, prompt_mask, ids, mask, texts, truncated, rewards=rewards)
 
 
 def model_device(model) -> torch.device:

@@ -10,6 +10,8 @@
   the behaviour log-probs they were drawn with.
 Off-policy rows carry their true behaviour log-probs in ``Generation.behaviour_logp``, which the
 loop uses as ``old_logp`` (GRPO and PPO importance ratios, GVPO anchor=old).
+- dataset (``PreferencePairs``): a task's offline preference pairs; nothing is sampled.
+Both implement ``bench.core.Source``.
 """
 
 from __future__ import annotations
@@ -20,17 +22,20 @@ import random
 import torch
 
 from bench.config import RunConfig
-from bench.errors import BenchError
-from bench.rollout import Generation, _prompts, token_logps, tokenize_completions
+from bench.core.errors import BenchError
+from bench.core.generation import Generation, prompt_tensors, tokenize_completions
+from bench.rollout import token_logps
 
 
 class Rollouts:
+    """Groups drawn from the policy, the reference, a mixture, uniformly, or replayed."""
+
     def __init__(self, cfg: RunConfig, task, sampler, reference, seed: int, buffer_size: int = 64):
         self.cfg, self.task, self.sampler, self.reference = cfg, task, sampler, reference
         self.rng = random.Random(seed)
         self.buffer: dict[str, list[Generation]] = {}  # prompt -> earlier single-row generations
         self.buffer_size = buffer_size
-        self.last_replay_frac = 0.0  # share of the last batch that was replayed (logged)
+        self.replay_frac = 0.0  # share of the last batch that was replayed (logged)
         if cfg.sampling.source == "uniform" and task.responses() is None:
             raise BenchError(
                 f"sampling.source=uniform needs a finite response set; task '{task.name}' has none"
@@ -48,7 +53,7 @@ class Rollouts:
             return self.sampler.generate(policy, tokenizer, prompts, k, T, s.temperature, s.top_p)
         # the same number of replayed rows in every group: as many as the least-seen prompt allows
         n_old = min([round(s.replay_ratio * k)] + [len(self.buffer.get(p, [])) for p in prompts])
-        self.last_replay_frac = n_old / k
+        self.replay_frac = n_old / k
         n_new = k - n_old
         n_ref = {"reference": n_new, "mixture": round(s.mixture * n_new)}.get(s.source, 0)
         parts = []  # each [len(prompts) * n, ...], grouped by prompt
@@ -84,10 +89,10 @@ class Rollouts:
             model, tokenizer, prompts, n, s.max_new_tokens, s.temperature, s.top_p
         )
         with torch.no_grad():
-            gen.behaviour_logp = token_logps(
+            logp = token_logps(
                 model, gen.input_ids, gen.attention_mask, s.max_new_tokens, s.temperature
-            ).logp.cpu()
-        return gen
+            ).logp
+        return gen.with_behaviour(logp.cpu())
 
     def _uniform(self, tokenizer, prompts, n) -> Generation:
         responses = self.task.responses()
@@ -95,7 +100,7 @@ class Rollouts:
         ids, mask, truncated = tokenize_completions(
             tokenizer, texts, self.cfg.sampling.max_new_tokens
         )
-        prompt_ids, prompt_mask = _prompts(tokenizer, prompts, n)
+        prompt_ids, prompt_mask = prompt_tensors(tokenizer, prompts, n)
         behaviour = torch.zeros(ids.shape, dtype=torch.float64)
         behaviour[:, 0] = -math.log(len(responses))
         texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
@@ -105,7 +110,7 @@ class Rollouts:
 
     def _replay(self, tokenizer, prompts, n) -> Generation:
         picked = [row for p in prompts for row in self.rng.sample(self.buffer[p], n)]
-        prompt_ids, prompt_mask = _prompts(tokenizer, prompts, n)  # today's prompt padding
+        prompt_ids, prompt_mask = prompt_tensors(tokenizer, prompts, n)  # today's prompt padding
         return Generation(
             prompt_ids,
             prompt_mask,
@@ -115,3 +120,21 @@ class Rollouts:
             torch.cat([r.truncated for r in picked]),
             behaviour_logp=torch.cat([r.behaviour_logp for r in picked]),
         )
+
+
+class PreferencePairs:
+    """Offline source: each prompt's completions are its data set pair, chosen then rejected,
+    with rewards 1 and 0 (a group of k=2). Used for offline DPO; nothing is sampled."""
+
+    replay_frac = 0.0
+
+    def __init__(self, rows: list[dict], max_new_tokens: int):
+        self.pairs = {r["prompt"]: (r["chosen"], r["rejected"]) for r in rows}
+        self.max_new_tokens = max_new_tokens
+
+    def draw(self, policy, tokenizer, prompts: list[str]) -> Generation:
+        texts = [t for p in prompts for t in self.pairs[p]]
+        prompt_ids, prompt_mask = prompt_tensors(tokenizer, prompts, 2)
+        ids, mask, truncated = tokenize_completions(tokenizer, texts, self.max_new_tokens)
+        rewards = torch.tensor([1.0, 0.0] * len(prompts))
+        return Generation(prompt_ids, prompt_mask, ids, mask, texts, truncated, rewards=rewards)

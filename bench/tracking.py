@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench.paths import results_dir
+from bench.core.paths import results_dir
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 

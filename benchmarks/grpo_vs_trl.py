@@ -34,10 +34,10 @@ import torch  # noqa: E402
 
 from algorithms import ALGORITHMS  # noqa: E402
 from bench.config import load_config  # noqa: E402
-from bench.loop import make_batch, trainables, update  # noqa: E402
+from bench.core.rewards import score  # noqa: E402
 from bench.models import load_policy  # noqa: E402
-from bench.rewards import score  # noqa: E402
 from bench.rollout import HFSampler  # noqa: E402
+from bench.update import Counters, Learner  # noqa: E402
 from tasks import TASKS  # noqa: E402
 
 
@@ -61,9 +61,8 @@ def ours(name: str, model_dir: str, prompts: list[dict], args) -> float:
     reference = AutoModelForCausalLM.from_pretrained(model_dir).eval().requires_grad_(False)
     algo = ALGORITHMS.get(name)
     task = TASKS.get(args.task)(cfg.task_config())
-    value_head, opt, sched = trainables(policy, algo, cfg)
-    totals = {"tokens_trained": 0.0, "skipped_steps": 0.0, "empty_minibatches": 0.0}
-    sampler, gen = HFSampler(), torch.Generator().manual_seed(0)
+    learner = Learner.build(policy, reference, algo, cfg)
+    counters, sampler = Counters(), HFSampler()
     torch.manual_seed(0)
     start = time.perf_counter()
     for step in range(args.steps):
@@ -71,8 +70,7 @@ def ours(name: str, model_dir: str, prompts: list[dict], args) -> float:
         rep = [r for r in rows for _ in range(args.k)]
         g = sampler.generate(policy, tok, [r["prompt"] for r in rows], args.k, args.max_new_tokens)
         rewards, _ = score(task.reward, [r["prompt"] for r in rep], g.texts, rep)
-        batch = make_batch(policy, reference, value_head, algo, g, rewards, args.k, cfg)
-        update(policy, value_head, opt, sched, algo, cfg.algo_config(), batch, cfg, gen, totals)
+        learner.update(learner.make_batch(g, rewards), counters)
     return time.perf_counter() - start
 
 

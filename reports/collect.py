@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from bench.errors import BenchError, did_you_mean
+from bench.core.errors import BenchError, did_you_mean
 from bench.tracking import client, resolve_uri
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from bench.errors import BenchError
-from bench.paths import results_dir
+from bench.core.errors import BenchError
+from bench.core.paths import results_dir
 from bench.tracking import resolve_uri
 from reports.collect import history_frame, runs_frame
 from reports.html import write_html
@@ -45,14 +46,26 @@ def md_table(df: pd.DataFrame, floatfmt: str = "{:.3f}") -> str:
     return "\n".join(lines)
 
 
-def build_report(
-    experiment: str,
-    tracking_uri: str | None = None,
-    out_dir: Path | None = None,
-    filter_string: str = "",
-) -> dict:
-    """Collect finished runs of ``experiment`` and write the report files. Returns paths + summary."""
-    uri = resolve_uri(tracking_uri)
+@dataclass
+class Collected:
+    """What a report is made from: finished runs, their metric histories, their tasks."""
+
+    experiment: str
+    uri: str
+    runs: pd.DataFrame
+    history: pd.DataFrame
+    tasks: list[str]
+    out: Path
+
+    def task_runs(self, task: str) -> pd.DataFrame:
+        return self.runs[self.runs["params.task"] == task]
+
+    def name(self, stem: str, task: str) -> str:
+        """File name of a per-task plot: no task suffix when the report has one task."""
+        return f"{stem}.png" if len(self.tasks) == 1 else f"{stem}_{task}.png"
+
+
+def collect(experiment: str, uri: str, filter_string: str, out: Path) -> Collected:
     runs = runs_frame(experiment, uri, filter_string)
     if runs.empty or "params.algorithm" not in runs:
         raise BenchError(f"experiment '{experiment}' has no runs to report")
@@ -63,26 +76,70 @@ def build_report(
     keys = [f"eval/{t}/{m}" for t in tasks for m in EVAL_METRICS] + PERF_KEYS + TRAIN_KEYS
     keys += list(COMPUTE_KEYS.values())
     history = history_frame(list(runs["run_id"]), keys, uri)
-    summary = summarize(runs, history, EVAL_METRICS)
-    out = out_dir or results_dir() / "reports" / experiment
     out.mkdir(parents=True, exist_ok=True)
-    summary.to_csv(out / "summary.csv", index=False)
-    plots = []
-    for task in tasks:
-        task_runs = runs[runs["params.task"] == task]
+    return Collected(experiment, uri, runs, history, tasks, out)
+
+
+def build_report(
+    experiment: str,
+    tracking_uri: str | None = None,
+    out_dir: Path | None = None,
+    filter_string: str = "",
+    reference: str | None = None,
+) -> dict:
+    """Collect finished runs of ``experiment`` and write the report files. Returns paths + summary.
+    ``reference``: the label every other one is paired against (default: the first label)."""
+    uri = resolve_uri(tracking_uri)
+    c = collect(experiment, uri, filter_string, out_dir or results_dir() / "reports" / experiment)
+    summary = summarize(c.runs, c.history, EVAL_METRICS)
+    summary.to_csv(c.out / "summary.csv", index=False)
+    plots = [
+        *plot_learning_curves(c, summary),
+        *plot_sensitivity(c),
+        *plot_compute_and_seeds(c),
+        *plot_overoptimisation(c),
+        *plot_training_signals(c),
+    ]
+    stability = pd.concat(
+        [
+            stability_summary(c.task_runs(t), c.history, f"eval/{t}/accuracy").assign(task=t)
+            for t in c.tasks
+        ]
+    )
+    stability.to_csv(c.out / "stability.csv", index=False)
+    paired = paired_table(c.runs, c.history, c.tasks, reference)
+    text = markdown(c, summary, plots, stability, paired, perf_table(c))
+    (c.out / "report.md").write_text(text)
+    write_html(c.out / "report.md")
+    return {
+        "dir": c.out,
+        "summary": summary,
+        "report": c.out / "report.md",
+        "plots": [c.out / p for p in plots],
+    }
+
+
+def plot_learning_curves(c: Collected, summary: pd.DataFrame) -> list[str]:
+    names = []
+    for task in c.tasks:
         key = f"eval/{task}/accuracy"
         base = summary[(summary.task == task) & (summary.metric == "accuracy")]["base_value"]
         fig = learning_curves(
-            curves(task_runs, history, key),
-            f"{experiment}: {task}",
+            curves(c.task_runs(task), c.history, key),
+            f"{c.experiment}: {task}",
             "eval accuracy (greedy)",
             float(base.mean()) if len(base) else None,
         )
-        name = "learning_curves.png" if len(tasks) == 1 else f"learning_curves_{task}.png"
-        fig.savefig(out / name)
-        plots.append(name)
-    for task in tasks:
-        task_runs = runs[runs["params.task"] == task]
+        names.append(c.name("learning_curves", task))
+        fig.savefig(c.out / names[-1])
+    return names
+
+
+def plot_sensitivity(c: Collected) -> list[str]:
+    """Final accuracy against each hyperparameter that varies within an algorithm."""
+    names = []
+    for task in c.tasks:
+        task_runs = c.task_runs(task)
         for param in SWEPT:
             col = f"params.{param}"
             if (
@@ -90,86 +147,95 @@ def build_report(
                 or task_runs.groupby("params.algorithm")[col].nunique().max() < 2
             ):
                 continue
-            sens = sensitivity(task_runs, history, f"eval/{task}/accuracy", param)
-            name = (
-                f"sensitivity_{param}.png" if len(tasks) == 1 else f"sensitivity_{task}_{param}.png"
+            sens = sensitivity(task_runs, c.history, f"eval/{task}/accuracy", param)
+            one = len(c.tasks) == 1
+            names.append(f"sensitivity_{param}.png" if one else f"sensitivity_{task}_{param}.png")
+            title = f"{c.experiment}: {task}"
+            sensitivity_plot(sens, param, "final eval accuracy", title).savefig(c.out / names[-1])
+    return names
+
+
+def plot_compute_and_seeds(c: Collected) -> list[str]:
+    """Accuracy against tokens and wall-clock, and the final accuracy of every seed."""
+    names = []
+    for task in c.tasks:
+        task_runs, key = c.task_runs(task), f"eval/{task}/accuracy"
+        panels = {x: curves_vs(task_runs, c.history, key, xkey) for x, xkey in COMPUTE_KEYS.items()}
+        if all(not p.empty for p in panels.values()):
+            names.append(c.name("curves_by_compute", task))
+            title = f"{c.experiment}: {task} vs compute"
+            curves_by_compute(panels, "eval accuracy", title).savefig(c.out / names[-1])
+        final = (
+            task_runs.set_index("run_id")[["params.label"]]
+            .join(final_values(c.history, key).rename("final"))
+            .dropna()
+        )
+        if not final.empty:
+            names.append(c.name("seed_spread", task))
+            fig = seed_spread(
+                final.rename(columns={"params.label": "algorithm"}),
+                "final eval accuracy",
+                f"{c.experiment}: {task} by seed",
             )
-            sensitivity_plot(sens, param, "final eval accuracy", f"{experiment}: {task}").savefig(
-                out / name
-            )
-            plots.append(name)
+            fig.savefig(c.out / names[-1])
+    return names
+
+
+def plot_overoptimisation(c: Collected) -> list[str]:
+    """Proxy and gold reward against KL to the reference (tasks with a gold reward)."""
+    names = []
+    for task in c.tasks:
+        runs = c.task_runs(task)
+        gold = curves_vs(runs, c.history, f"eval/{task}/gold_reward", "train/kl_ref")
+        proxy = curves_vs(runs, c.history, f"eval/{task}/proxy_reward", "train/kl_ref")
+        if gold.empty or proxy.empty:
+            continue
+        names.append(c.name("overoptimisation", task))
+        fig = curves_by_compute(
+            {"KL to reference (proxy reward)": proxy, "KL to reference (gold reward)": gold},
+            "reward",
+            f"{c.experiment}: {task}, proxy vs gold",
+        )
+        fig.savefig(c.out / names[-1])
+    return names
+
+
+def plot_training_signals(c: Collected) -> list[str]:
+    names = []
+    kl, reward = (
+        curves(c.runs, c.history, "train/kl_ref"),
+        curves(c.runs, c.history, "train/reward/mean"),
+    )
+    if not kl.empty and not reward.empty:
+        title = f"{c.experiment}: reward vs KL"
+        kl_reward_frontier(kl, reward, title).savefig(c.out / "kl_reward_frontier.png")
+        names.append("kl_reward_frontier.png")
+    panels = {k: curves(c.runs, c.history, k) for k in TRAIN_KEYS[:4]}
+    stability_panel(panels, f"{c.experiment}: training signals").savefig(
+        c.out / "stability_panel.png"
+    )
+    return [*names, "stability_panel.png"]
+
+
+def perf_table(c: Collected) -> pd.DataFrame:
+    """Compute per run (wall-clock, tokens, memory), mean over seeds per label."""
     perf = (
-        history[history["key"].isin(PERF_KEYS)]
+        c.history[c.history["key"].isin(PERF_KEYS)]
         .sort_values("step")
         .groupby(["run_id", "key"])["value"]
         .last()
         .unstack()
     )
-    by_label = runs.set_index("run_id")[["params.label"]]
-    perf = perf.join(by_label).groupby("params.label").mean()
-    perf = perf.reset_index().rename(columns={"params.label": "algorithm"})
-    for task in tasks:
-        task_runs = runs[runs["params.task"] == task]
-        key = f"eval/{task}/accuracy"
-        suffix = "" if len(tasks) == 1 else f"_{task}"
-        panels = {x: curves_vs(task_runs, history, key, xkey) for x, xkey in COMPUTE_KEYS.items()}
-        if all(not p.empty for p in panels.values()):
-            curves_by_compute(panels, "eval accuracy", f"{experiment}: {task} vs compute").savefig(
-                out / f"curves_by_compute{suffix}.png"
-            )
-            plots.append(f"curves_by_compute{suffix}.png")
-        final = (
-            task_runs.set_index("run_id")[["params.label"]]
-            .join(final_values(history, key).rename("final"))
-            .dropna()
-        )
-        if not final.empty:
-            fig = seed_spread(
-                final.rename(columns={"params.label": "algorithm"}),
-                "final eval accuracy",
-                f"{experiment}: {task} by seed",
-            )
-            fig.savefig(out / f"seed_spread{suffix}.png")
-            plots.append(f"seed_spread{suffix}.png")
-    for task in tasks:
-        task_runs = runs[runs["params.task"] == task]
-        gold = curves_vs(task_runs, history, f"eval/{task}/gold_reward", "train/kl_ref")
-        proxy = curves_vs(task_runs, history, f"eval/{task}/proxy_reward", "train/kl_ref")
-        if not gold.empty and not proxy.empty:
-            name = "overoptimisation.png" if len(tasks) == 1 else f"overoptimisation_{task}.png"
-            fig = curves_by_compute(
-                {"KL to reference (proxy reward)": proxy, "KL to reference (gold reward)": gold},
-                "reward",
-                f"{experiment}: {task}, proxy vs gold",
-            )
-            fig.savefig(out / name)
-            plots.append(name)
-    kl, reward = curves(runs, history, "train/kl_ref"), curves(runs, history, "train/reward/mean")
-    if not kl.empty and not reward.empty:
-        kl_reward_frontier(kl, reward, f"{experiment}: reward vs KL").savefig(
-            out / "kl_reward_frontier.png"
-        )
-        plots.append("kl_reward_frontier.png")
-    fig = stability_panel(
-        {k: curves(runs, history, k) for k in TRAIN_KEYS[:4]}, f"{experiment}: training signals"
-    )
-    fig.savefig(out / "stability_panel.png")
-    plots.append("stability_panel.png")
-    stability = pd.concat(
-        [
-            stability_summary(runs[runs["params.task"] == t], history, f"eval/{t}/accuracy").assign(
-                task=t
-            )
-            for t in tasks
-        ]
-    )
-    stability.to_csv(out / "stability.csv", index=False)
-    paired = paired_table(runs, history, tasks)
-    text = [
-        f"# Report: {experiment}",
+    perf = perf.join(c.runs.set_index("run_id")[["params.label"]]).groupby("params.label").mean()
+    return perf.reset_index().rename(columns={"params.label": "algorithm"})
+
+
+def markdown(c: Collected, summary, plots, stability, paired, perf) -> str:
+    lines = [
+        f"# Report: {c.experiment}",
         "",
-        f"Tracking URI: `{uri}`  ",
-        f"Runs: {len(runs)} finished (newest per task x algorithm x seed), tasks: {', '.join(tasks)}",
+        f"Tracking URI: `{c.uri}`  ",
+        f"Runs: {len(c.runs)} finished (newest per task x algorithm x seed), tasks: {', '.join(c.tasks)}",
         "",
         "## Final eval metrics (mean over seeds, 95% t-interval)",
         "",
@@ -200,40 +266,32 @@ def build_report(
         md_table(perf, "{:.1f}") if not perf.empty else "(no perf metrics)",
         "",
     ]
-    (out / "report.md").write_text("\n".join(text))
-    write_html(out / "report.md")
-    return {
-        "dir": out,
-        "summary": summary,
-        "report": out / "report.md",
-        "plots": [out / p for p in plots],
-    }
+    return "\n".join(lines)
 
 
-def paired_table(runs: pd.DataFrame, history: pd.DataFrame, tasks: list[str]) -> pd.DataFrame:
-    """Each label against the first one (alphabetical, or gvpo if present), paired by seed."""
-    from reports.summary import final_values
-
+def paired_table(
+    runs: pd.DataFrame, history: pd.DataFrame, tasks: list[str], reference: str | None = None
+) -> pd.DataFrame:
+    """Each label against ``reference`` (default: the first label), paired by seed."""
     rows = []
     for task in tasks:
-        key = f"eval/{task}/accuracy"
-        t = runs[runs["params.task"] == task].set_index("run_id")
-        final = (
-            t[["params.label", "params.seed"]]
-            .join(final_values(history, key).rename("final"))
-            .dropna()
-        )
-        wide = final.pivot_table(index="params.seed", columns="params.label", values="final")
+        wide = finals_by_seed(runs[runs["params.task"] == task], history, f"eval/{task}/accuracy")
         labels = sorted(wide.columns)
-        if len(labels) < 2:
-            continue
-        ref = "gvpo" if "gvpo" in labels else labels[0]
-        for other in labels:
-            if other == ref:
-                continue
+        ref = reference if reference in labels else labels[0] if labels else None
+        for other in [label for label in labels if label != ref]:
             both = wide[[ref, other]].dropna()
             if len(both) < 2:
                 continue
             d = paired_difference(both[ref].to_numpy(), both[other].to_numpy())
             rows.append({"task": task, "comparison": f"{ref} - {other}", "n_seeds": len(both), **d})
     return pd.DataFrame(rows)
+
+
+def finals_by_seed(runs: pd.DataFrame, history: pd.DataFrame, key: str) -> pd.DataFrame:
+    """Final value of ``key``: one row per seed, one column per label."""
+    final = (
+        runs.set_index("run_id")[["params.label", "params.seed"]]
+        .join(final_values(history, key).rename("final"))
+        .dropna()
+    )
+    return final.pivot_table(index="params.seed", columns="params.label", values="final")

@@ -15,8 +15,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from bench.errors import BenchError  # noqa: E402
-from bench.paths import results_dir  # noqa: E402
+from bench.core.errors import BenchError  # noqa: E402
+from bench.core.paths import results_dir  # noqa: E402
 from bench.tracking import resolve_uri  # noqa: E402
 from reports.collect import history_frame, runs_frame  # noqa: E402
 from reports.html import write_html  # noqa: E402
@@ -74,6 +74,34 @@ def build_theory_report(
     tv_panels(curve, f"{experiment}: distance to the KL-constrained optimum").savefig(
         out / "tv_to_optimum.png"
     )
+    tv, fixed = final_tables(history, runs, Y)
+    text = [
+        f"# Theory check: {experiment}",
+        "",
+        "Tabular bandit with an exact optimum pi* ∝ pi_ref·exp(R/beta); every algorithm gets the same",
+        f"beta ({runs['params.task.beta'].iloc[0]}). Runs: {len(runs)} (algorithm x sampling source x seed).",
+        "",
+        "## Final TV(pi, pi*) by sampling source (mean and std over seeds)",
+        "",
+        md_table(tv, "{:.4f}"),
+        "",
+        "![tv_to_optimum.png](tv_to_optimum.png)",
+        "",
+        "## Fixed points: the first prompt's final policy (on-policy sampling, mean over seeds)",
+        "",
+        md_table(fixed, "{:.4f}"),
+        "",
+        "`summary.csv`: one row per algorithm[source] x metric; base_value = step 0 (pi = pi_ref).",
+        "",
+    ]
+    (out / "report.md").write_text("\n".join(text))
+    write_html(out / "report.md")
+    return {"dir": out, "summary": summary, "tv": tv, "fixed": fixed, "report": out / "report.md"}
+
+
+def final_tables(history: pd.DataFrame, runs: pd.DataFrame, Y: int):
+    """(final TV to pi* by algorithm x source, mean and std over seeds; the first prompt's
+    reference, target and final on-policy policies)."""
     final = history.sort_values("step").groupby(["run_id", "key"])["value"].last().unstack()
     final = final.join(runs.set_index("run_id")[[ALGO, SOURCE]])
     tv = (
@@ -99,25 +127,10 @@ def build_theory_report(
         ],
         columns=["policy", *[f"y{j}" for j in range(Y)]],
     )
-    text = [
-        f"# Theory check: {experiment}",
-        "",
-        "Tabular bandit with an exact optimum pi* ∝ pi_ref·exp(R/beta); every algorithm gets the same",
-        f"beta ({runs['params.task.beta'].iloc[0]}). Runs: {len(runs)} (algorithm x sampling source x seed).",
-        "",
-        "## Final TV(pi, pi*) by sampling source (mean and std over seeds)",
-        "",
-        md_table(tv, "{:.4f}"),
-        "",
-        "![tv_to_optimum.png](tv_to_optimum.png)",
-        "",
-        "## Fixed points: the first prompt's final policy (on-policy sampling, mean over seeds)",
-        "",
-        md_table(fixed, "{:.4f}"),
-        "",
-        "`summary.csv`: one row per algorithm[source] x metric; base_value = step 0 (pi = pi_ref).",
-        "",
-    ]
-    (out / "report.md").write_text("\n".join(text))
-    write_html(out / "report.md")
-    return {"dir": out, "summary": summary, "tv": tv, "fixed": fixed, "report": out / "report.md"}
+    return tv, fixed
+
+
+def tv_means(tv: pd.DataFrame) -> pd.DataFrame:
+    """The TV table without its std columns, sources as plain column names."""
+    means = tv[[c for c in tv.columns if not c.endswith("(std)")]]
+    return means.rename(columns=lambda c: c.replace(" (mean)", ""))

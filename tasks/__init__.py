@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from bench.registry import Registry
+from bench.core.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,11 @@ class Task:
             out.append(None if ok is None else float(ok))
         return out
 
+    def answers(self, row: dict) -> tuple[str, str]:
+        """(a completion the task scores as right, one it scores as wrong) for ``row``: the
+        task contract test (tests/test_task_contract.py) checks the reward agrees."""
+        raise NotImplementedError
+
     def bind_tokenizer(self, tokenizer) -> None:
         """Called once the model is loaded (e.g. to render prompts with its chat template)."""
 
@@ -67,7 +72,7 @@ class Task:
 
     def preference_rows(self) -> list[dict]:
         """Offline preference pairs: rows with "prompt", "chosen", "rejected" (sampling.source=dataset)."""
-        from bench.errors import BenchError
+        from bench.core.errors import BenchError
 
         raise BenchError(f"task '{self.name}' has no preference pairs for sampling.source=dataset")
 

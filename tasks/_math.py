@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 from tasks import Task, TaskConfig
 
 DATA = Path(__file__).parent / "data" / "math"
@@ -248,6 +248,9 @@ class MathTask(Task):
 
     def is_correct(self, completion: str, row: dict) -> bool | None:
         return verifier(self.cfg.verify_timeout).check(completion, row["answer"])
+
+    def answers(self, row: dict) -> tuple[str, str]:
+        return f"The answer is $\\boxed{{{row['answer']}}}$.", "The answer is $\\boxed{-987654321}$."
 
     def sft_examples(self) -> list[tuple[str, str]]:
         return [(self.prompt(r["problem"]), r["solution"]) for r in self._train if r["solution"]]

@@ -10,7 +10,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 from tasks import Task, TaskConfig, register
 
 _INT = re.compile(r"^\s*(-?\d+)\s*$")
@@ -67,6 +67,9 @@ class Arithmetic(Task):
     def is_correct(self, completion: str, row: dict) -> bool | None:
         m = _INT.match(completion)
         return m is not None and m.group(1) == row["answer"]
+
+    def answers(self, row: dict) -> tuple[str, str]:
+        return row["answer"], str(int(row["answer"]) + 1)
 
     def preference_rows(self) -> list[dict]:
         """Chosen = the right answer, rejected = a near miss (off by 1-3), fixed by data_seed."""

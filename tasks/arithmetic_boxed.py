@@ -27,6 +27,9 @@ class ArithmeticBoxed(Arithmetic):
     def is_correct(self, completion: str, row: dict) -> bool | None:
         return verifier(self.cfg.verify_timeout).check(completion, row["answer"])
 
+    def answers(self, row: dict) -> tuple[str, str]:
+        return tuple(f"\\boxed{{{a}}}" for a in super().answers(row))
+
     def sft_examples(self) -> list[tuple[str, str]]:
         return [(p, f"\\boxed{{{a}}}") for p, a in super().sft_examples()]
 

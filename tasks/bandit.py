@@ -135,6 +135,10 @@ class Bandit(Task):
         y = self._response(completion)
         return None if y is None else y == int(self.R[row["x"]].argmax())
 
+    def answers(self, row: dict) -> tuple[str, str]:
+        r = self.R[row["x"]]
+        return f"y{int(r.argmax())}", f"y{int(r.argmin())}"
+
     def tokenizer(self) -> PreTrainedTokenizerFast:
         vocab = {"<pad>": 0, "<eos>": 1}
         for name in [r["prompt"] for r in self._rows] + self.responses():

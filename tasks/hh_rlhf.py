@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 from tasks import Task, TaskConfig, register
 
 DATA = Path(__file__).parent / "data" / "hh_rlhf"
@@ -89,6 +89,9 @@ class HHRLHF(Task):
 
     def is_correct(self, completion: str, row: dict) -> bool | None:
         return None  # no gold checker: score completions with a trained reward model
+
+    def answers(self, row: dict) -> tuple[str, str]:
+        return row["chosen"], row["rejected"]  # no scorer: a reward model learns from these pairs
 
     def sft_examples(self) -> list[tuple[str, str]]:
         return [(r["prompt"], r["chosen"]) for r in self._train]

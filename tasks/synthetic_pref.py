@@ -78,8 +78,8 @@ class SyntheticPref(Task):
     def proxy(self):
         """The proxy reward model, trained once and cached under results/cache/rm/<hash>."""
         if self._proxy is None:
-            from bench.paths import cache_dir
-            from bench.reward_model import RewardModel, RMConfig, train_reward_model
+            from bench.core.paths import cache_dir
+            from bench.core.reward_model import RewardModel, RMConfig, train_reward_model
 
             key = hashlib.sha256(json.dumps([self.version, asdict(self.cfg)]).encode()).hexdigest()[
                 :16
@@ -114,6 +114,9 @@ class SyntheticPref(Task):
 
     def is_correct(self, completion: str, row: dict) -> bool | None:
         return None  # no right answer: see reward_metrics
+
+    def answers(self, row: dict) -> tuple[str, str]:
+        return "7777", "0000"  # gold 4 and 0: the proxy ranks them so (> 80% pairwise accuracy)
 
     def reward_metrics(self, prompts: list[str], completions: list[str]) -> dict[str, float]:
         golds = [self.gold(c) for c in completions]

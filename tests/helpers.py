@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.batch import PolicyOutput, RolloutBatch
+from bench.core.batch import PolicyOutput, RolloutBatch
 
 
 def random_batch(groups: int, k: int, T: int, seed: int = 0, dtype=torch.float64):

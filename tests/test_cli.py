@@ -7,7 +7,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from bench.cli import app
+from bench.app.cli import app
 
 runner = CliRunner()
 
@@ -38,7 +38,14 @@ def test_bad_input_one_line_exit_2(args, expected, tracking_uri):
 def test_real_process_has_no_traceback():
     env = {**os.environ, "COLUMNS": "200"}
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.cli", "run", "smoke", "algorithms.grpo.loss_agg=token_mean"],
+        [
+            sys.executable,
+            "-m",
+            "bench.app.cli",
+            "run",
+            "smoke",
+            "algorithms.grpo.loss_agg=token_mean",
+        ],
         capture_output=True,
         text=True,
         env=env,

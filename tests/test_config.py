@@ -3,7 +3,7 @@
 import pytest
 
 from bench.config import flatten, load_config, preset_names, to_yaml
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 
 
 def test_default_preset_and_overrides():

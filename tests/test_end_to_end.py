@@ -9,10 +9,11 @@ import torch
 
 from algorithms import ALGORITHMS
 from bench.config import load_config
-from bench.loop import make_batch, train, trainables, update
+from bench.loop import train
 from bench.models import build_tiny_model, build_tokenizer
 from bench.rollout import HFSampler
 from bench.tracking import client
+from bench.update import Counters, Learner
 from reports.report import build_report
 from reports.summary import SUMMARY_COLUMNS
 
@@ -101,28 +102,16 @@ def test_contract_two_optimiser_steps_change_the_parameters(name):
     tok = build_tokenizer()
     model = build_tiny_model(cfg.model, tok).eval()
     reference = build_tiny_model(cfg.model, tok).eval()
-    value_head, opt, sched = trainables(model, algo, cfg)
-    trained = [p for g in opt.param_groups for p in g["params"]]
+    learner = Learner.build(model, reference, algo, cfg)
+    trained = learner.parameters()
     before = [p.detach().clone() for p in trained]
-    totals = {"tokens_trained": 0.0, "skipped_steps": 0.0, "empty_minibatches": 0.0}
+    counters = Counters()
     for _ in range(2):
         gen = HFSampler().generate(model, tok, ["1+2=", "3+1="], 4, 4)
         rewards = torch.tensor([0.0, 1.0, 2.0, 0.0, 1.0, 0.0, 0.0, 3.0])  # a spread in every group
-        batch = make_batch(model, reference, value_head, algo, gen, rewards, 4, cfg)
-        metrics = update(
-            model,
-            value_head,
-            opt,
-            sched,
-            algo,
-            cfg.algo_config(),
-            batch,
-            cfg,
-            torch.Generator(),
-            totals,
-        )
+        metrics = learner.update(learner.make_batch(gen, rewards), counters)
         assert math.isfinite(metrics["train/loss"])
-    assert totals["skipped_steps"] == 0 and totals["empty_minibatches"] == 0
+    assert counters.skipped_steps == 0 and counters.empty_minibatches == 0
     changed = sum(not torch.equal(a, b.detach()) for a, b in zip(before, trained, strict=True))
     assert changed == len(trained)  # every trained tensor moved (value head included)
 
@@ -132,7 +121,7 @@ def test_compare_with_two_workers_on_a_fresh_store_and_a_varied_key(tmp_path):
     adds a sensitivity plot and keeps the variants apart."""
     from typer.testing import CliRunner
 
-    from bench.cli import app
+    from bench.app.cli import app
 
     uri = f"sqlite:///{tmp_path / 'fresh.db'}"
     args = [
@@ -201,7 +190,7 @@ def test_html_report_renders_in_a_real_browser(store, tmp_path):
 
 
 def test_report_selects_runs_by_filter(store, tmp_path):
-    from bench.errors import BenchError
+    from bench.core.errors import BenchError
 
     uri, _ = store
     only = build_report("e2e", uri, tmp_path / "f", filter_string="params.algorithm = 'grpo'")

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from bench.config import EvalConfig, SamplingConfig
+from bench.core.generation import Generation
 from bench.evaluate import evaluate, evaluate_model, majority
-from bench.rollout import Generation
 from tasks import TASKS
 
 
@@ -72,7 +72,7 @@ def test_bench_eval_on_a_checkpoint_folder(tmp_path, tracking_uri):
 def test_gpu_presets_dry_run_here(preset):
     from typer.testing import CliRunner
 
-    from bench.cli import app
+    from bench.app.cli import app
 
     result = CliRunner().invoke(app, ["run", preset, "--dry-run"])
     assert result.exit_code == 0, result.output
@@ -87,7 +87,7 @@ def test_gpu_presets_dry_run_here(preset):
 
 def test_eval_a_training_run_by_id(tracking_uri):
     from bench.config import load_config
-    from bench.errors import BenchError
+    from bench.core.errors import BenchError
     from bench.loop import train
 
     final = train(load_config("smoke", ["train.save_checkpoint=true"]), tracking_uri=tracking_uri)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from algorithms import dr_grpo, grpo
-from bench.batch import PolicyOutput, RolloutBatch
+from bench.core.batch import PolicyOutput, RolloutBatch
 
 A = 0.5 / (math.sqrt(0.5) + 1e-4)  # rewards [1, 0]: mean 0.5, unbiased std sqrt(0.5), eps 1e-4
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from algorithms import gvpo
-from bench.batch import PolicyOutput, RolloutBatch
+from bench.core.batch import PolicyOutput, RolloutBatch
 from tests.helpers import output, random_batch
 
 

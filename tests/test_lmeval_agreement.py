@@ -27,7 +27,7 @@ def checkpoint(tmp_path_factory):
 def test_row_by_row_agreement(checkpoint, tmp_path, task_name, settings):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from bench.lmeval import evaluate_with_lmeval
+    from bench.app.lmeval import evaluate_with_lmeval
 
     path, _ = checkpoint
     cls = TASKS.get(task_name)

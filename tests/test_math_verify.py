@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 from tasks import TASKS
 from tasks._math import Verifier, last_boxed, load_jsonl
 

@@ -6,9 +6,10 @@ import torch
 
 import bench.packing
 import bench.rollout
+from bench.core.generation import completion_mask
 from bench.models import build_tokenizer
 from bench.packing import _bins, can_pack
-from bench.rollout import completion_mask, token_logps
+from bench.rollout import token_logps
 from tests.helpers import ARCHS, arch_model
 
 

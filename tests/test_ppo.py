@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from algorithms import ppo
-from bench.batch import PolicyOutput, RolloutBatch
+from bench.core.batch import PolicyOutput, RolloutBatch
 
 
 def slow_gae(rewards, values, lengths, gamma, lam):

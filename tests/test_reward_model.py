@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from bench.reward_model import RewardModel, RMConfig, bt_loss, train_reward_model
+from bench.core.reward_model import RewardModel, RMConfig, bt_loss, train_reward_model
 from tasks import TASKS
 from tasks.hh_rlhf import parse_pairs, split_dialogue
 
@@ -127,7 +127,7 @@ def test_pandalm_pairs_follow_the_human_majority(tmp_path):
 def test_train_rm_cli_with_the_pandalm_check(tracking_uri):
     from typer.testing import CliRunner
 
-    from bench.cli import app
+    from bench.app.cli import app
 
     result = CliRunner().invoke(
         app,

@@ -7,9 +7,10 @@ import torch
 from transformers import AutoTokenizer
 
 from bench.config import ModelConfig
+from bench.core.generation import completion_mask
+from bench.core.rewards import score
 from bench.models import build_tiny_model, build_tokenizer
-from bench.rewards import score
-from bench.rollout import HFSampler, completion_mask, multinomial_one, token_logps
+from bench.rollout import HFSampler, multinomial_one, token_logps
 from tests.helpers import ARCHS, arch_model
 
 SMALL = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
@@ -110,7 +111,7 @@ def test_unscorable_rewards_are_counted_not_silent():
 
 
 def test_preference_pairs_source():
-    from bench.rollout import PreferencePairs
+    from bench.sources import PreferencePairs
 
     tok = build_tokenizer()
     src = PreferencePairs(

@@ -9,9 +9,9 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from bench.cli import app
-from bench.errors import BenchError
-from bench.sweep import parse_grid, parse_values, plan, points
+from bench.app.cli import app
+from bench.app.sweep import parse_grid, parse_values, plan, points
+from bench.core.errors import BenchError
 from bench.tracking import client
 
 
@@ -78,7 +78,7 @@ def test_killed_sweep_resumes_to_the_exact_set_of_points(tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "bench.cli",
+        "bench.app.cli",
         "sweep",
         "smoke",
         "--grid",

@@ -17,7 +17,7 @@ def test_gold_reward_hand_checked():
 def test_short_compare_logs_gold_and_proxy_and_plots_overoptimisation(tmp_path):
     from typer.testing import CliRunner
 
-    from bench.cli import app
+    from bench.app.cli import app
     from reports.report import build_report
 
     uri = f"sqlite:///{tmp_path / 'sp.db'}"
@@ -62,7 +62,7 @@ def test_preference_pairs_are_short_and_mostly_gold_ordered():
 def test_proxy_reward_model_is_well_above_chance_on_clean_gold_pairs():
     import random
 
-    from bench.reward_model import pairwise_accuracy
+    from bench.core.reward_model import pairwise_accuracy
     from tasks import TASKS
 
     task = TASKS.get("synthetic_pref")(TASKS.get("synthetic_pref").Config(rm_steps=150))

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from algorithms import ALGORITHMS
-from bench.batch import PolicyOutput, RolloutBatch
 from bench.config import ModelConfig
+from bench.core.batch import PolicyOutput, RolloutBatch
 from bench.models import build_tiny_model, build_tokenizer
 from bench.rollout import token_logps
 

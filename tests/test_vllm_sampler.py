@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bench.config import ModelConfig, SamplingConfig
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 from bench.models import build_tiny_model, build_tokenizer
 from bench.rollout import HFSampler
 from bench.vllm_sampler import VLLMSampler, make_sampler, vllm_available
@@ -160,7 +160,7 @@ def test_real_vllm_follows_the_policy_weights(monkeypatch):
 def test_unknown_engine_is_a_one_line_error():
     from typer.testing import CliRunner
 
-    from bench.cli import app
+    from bench.app.cli import app
 
     res = CliRunner().invoke(app, ["eval", "tiny", "--tasks", "arithmetic", "--engine", "vlm"])
     assert res.exit_code == 2 and "did you mean 'vllm'" in res.output

@@ -15,7 +15,7 @@ import itertools
 import json
 
 from bench.config import RunConfig, load_config
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 
 
 def parse_values(text: str) -> list[str]:

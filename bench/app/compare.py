@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 from rich.markup import escape
 
+from bench.app.executors import LocalExecutor
 from bench.config import RunConfig
-from bench.executors import LocalExecutor
-from bench.progress import bar, console
+from bench.core.progress import bar, console
 from bench.tracking import experiment_id, resolve_uri
 
 

@@ -22,8 +22,8 @@ from transformers import (
     Qwen2ForSequenceClassification,
 )
 
-from bench.models import build_tokenizer
-from bench.progress import bar
+from bench.core.progress import bar
+from bench.core.tokenizer import build_tokenizer
 
 
 @dataclass(frozen=True)

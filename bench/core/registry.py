@@ -10,7 +10,7 @@ import importlib
 import pkgutil
 from typing import Generic, TypeVar
 
-from bench.errors import BenchError, did_you_mean
+from bench.core.errors import BenchError, did_you_mean
 
 T = TypeVar("T")
 

@@ -11,8 +11,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from bench.errors import BenchError
-from bench.progress import console
+from bench.core.errors import BenchError
+from bench.core.progress import console
 
 app = typer.Typer(
     add_completion=False,
@@ -72,7 +72,7 @@ def run(
     preset, overrides = _split(args, "arithmetic")
     cfg = load_config(preset, overrides)
     if dry_run:
-        from bench.dryrun import dry_run as check
+        from bench.app.dryrun import dry_run as check
 
         for key, value in check(cfg).items():
             console.print(f"{key}: {escape(str(value))}", highlight=False)
@@ -108,7 +108,7 @@ def compare(
     tracking_uri: TrackingUri = None,
 ):
     """Every algorithm x seed on the preset's task, then the report: bench compare [PRESET]."""
-    from bench.compare import plan, run_all
+    from bench.app.compare import plan, run_all
     from bench.config import load_config
 
     preset, overrides = _split(args, "arithmetic")
@@ -130,7 +130,7 @@ def compare(
         cfg = load_config(preset, [*overrides, *extra])
         cfgs += plan(cfg, cfg.compare.algorithms, cfg.compare.seeds, threads)
     outcomes = run_all(cfgs, workers, tracking_uri)
-    _report_and_exit(outcomes, cfg.tracking.experiment, tracking_uri)
+    _report_and_exit(outcomes, cfg.tracking.experiment, tracking_uri, cfg.compare.algorithms[0])
 
 
 @app.command()
@@ -149,8 +149,8 @@ def sweep(
     tracking_uri: TrackingUri = None,
 ):
     """The cross product of a grid, resumable: bench sweep PRESET --grid algorithm=gvpo,grpo --grid seed=0..2."""
-    from bench.compare import run_all
-    from bench.sweep import finished_points, plan
+    from bench.app.compare import run_all
+    from bench.app.sweep import finished_points, plan
     from bench.tracking import resolve_uri
 
     preset, overrides = _split(args, "arithmetic")
@@ -188,9 +188,9 @@ def theory(
     tracking_uri: TrackingUri = None,
 ):
     """Each algorithm's fixed point on the bandit under each sampling source: bench theory."""
-    from bench.compare import run_all, theory_plan
+    from bench.app.compare import run_all, theory_plan
     from bench.config import load_config
-    from reports.theory import build_theory_report
+    from reports.theory import build_theory_report, tv_means
 
     preset, overrides = _split(args, "bandit")
     names = [x.strip() for x in sources.split(",") if x.strip()]
@@ -201,13 +201,7 @@ def theory(
     runs = theory_plan(cfg, cfg.compare.algorithms, names, seeds, threads=1 if workers > 1 else 0)
     outcomes = run_all(runs, workers, tracking_uri)
     result = build_theory_report(cfg.tracking.experiment, tracking_uri)
-    tv = result["tv"][[c for c in result["tv"].columns if not c.endswith("(std)")]]
-    table = Table(title="final TV(pi, pi*), mean over seeds, by sampling source")
-    for col in tv.columns:
-        table.add_column(col.replace(" (mean)", ""))
-    for row in tv.itertuples(index=False):
-        table.add_row(*[f"{v:.4f}" if isinstance(v, float) else escape(str(v)) for v in row])
-    console.print(table)
+    print_frame(tv_means(result["tv"]), "final TV(pi, pi*), mean over seeds, by sampling source")
     console.print(f"report: {result['report']}")
     failed = [o for o in outcomes if o.error]
     if failed:
@@ -217,11 +211,25 @@ def theory(
         raise typer.Exit(1)
 
 
-def _report_and_exit(outcomes, experiment: str, tracking_uri: str | None) -> None:
+def print_frame(frame, title: str, floatfmt: str = "{:.4f}") -> None:
+    """A DataFrame as a rich table on the console."""
+    table = Table(title=title)
+    for col in frame.columns:
+        table.add_column(str(col))
+    for row in frame.itertuples(index=False):
+        table.add_row(
+            *[floatfmt.format(v) if isinstance(v, float) else escape(str(v)) for v in row]
+        )
+    console.print(table)
+
+
+def _report_and_exit(
+    outcomes, experiment: str, tracking_uri: str | None, reference: str | None = None
+) -> None:
     """Report from MLflow (whatever finished), then exit 1 if any run failed."""
     from reports.report import build_report
 
-    result = build_report(experiment, tracking_uri)
+    result = build_report(experiment, tracking_uri, reference=reference)
     _print_summary(result["summary"])
     console.print(f"report: {result['report']}")
     failed = [o for o in outcomes if o.error]
@@ -277,12 +285,12 @@ def eval_(
     result = evaluate_model(
         model,
         names,
-        k,
-        max_new_tokens,
-        limit,
-        temperature,
-        seed,
-        template,
+        k=k,
+        max_new_tokens=max_new_tokens,
+        limit=limit,
+        temperature=temperature,
+        seed=seed,
+        template=template,
         tracking_uri=tracking_uri,
         lm_eval=lm_eval,
         engine=engine,
@@ -315,45 +323,11 @@ def train_rm(
     tracking_uri: TrackingUri = None,
 ):
     """Train a Bradley-Terry reward model on a task's preference pairs; held-out pairwise accuracy."""
-    import time
+    from bench.app.train_rm import train_and_log
+    from bench.core.reward_model import RMConfig
 
-    from bench.paths import results_dir
-    from bench.reward_model import RMConfig, train_reward_model
-    from bench.tracking import Tracker, resolve_uri
-    from tasks import TASKS
-
-    cls = TASKS.get(task)
-    t = cls(cls.Config())
-    held = [r for r in t.eval_rows() if "chosen" in r]  # the task's held-out pairs, if it has them
-    train = t.preference_rows()
-    if not held:  # else hold out the last tenth of the training pairs
-        cut = len(train) * 9 // 10
-        train, held = train[:cut], train[cut:]
     cfg = RMConfig(name_or_path=model, steps=steps, batch=batch, lr=lr, max_length=max_length)
-    rm, tok, metrics = train_reward_model(train, held, cfg)
-    if pandalm:  # human-labelled pairs from another distribution: an extra held-out check
-        from bench.pandalm import pandalm_pairs
-        from bench.reward_model import pairwise_accuracy
-
-        metrics["rm/pandalm_accuracy"] = pairwise_accuracy(rm, tok, pandalm_pairs(), max_length)
-    out = results_dir() / "reward_models" / f"{task}__{int(time.time())}"
-    rm.save_pretrained(out)
-    tok.save_pretrained(out)
-    params = {
-        "task": task,
-        "model": model,
-        "steps": steps,
-        "batch": batch,
-        "lr": lr,
-        "max_length": max_length,
-        "n_train": len(train),
-        "n_heldout": len(held),
-    }
-    tracker = Tracker(
-        resolve_uri(tracking_uri), "reward_models", f"rm__{task}", params, {"path": str(out)}
-    )
-    tracker.log_metrics(metrics, steps)
-    tracker.end()
+    metrics, out = train_and_log(task, cfg, pandalm=pandalm, tracking_uri=tracking_uri)
     for key, value in metrics.items():
         console.print(f"{key} = {value:.4f}")
     console.print(f"reward model: {out}")
@@ -373,11 +347,15 @@ def report(
             "--filter", help="MLflow filter on tags/params: \"params.algorithm = 'gvpo'\""
         ),
     ] = "",
+    reference: Annotated[
+        str | None,
+        typer.Option(help="label the others are paired against (default: the first label)"),
+    ] = None,
 ):
     """Tables, plots and report.md for an experiment, from MLflow alone."""
     from reports.report import build_report
 
-    result = build_report(experiment, tracking_uri, out, filter)
+    result = build_report(experiment, tracking_uri, out, filter, reference)
     _print_summary(result["summary"])
     console.print(f"report: {result['report']}")
 

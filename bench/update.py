@@ -1,0 +1,210 @@
+"""What the loop trains and how: a rollout batch becomes ``epochs x minibatches`` optimiser
+steps, the same for every algorithm. An algorithm only supplies ``loss(batch, out, cfg)``;
+the learner reads its declared needs (``Algorithm.needs``, ``Algorithm.select``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from algorithms import Algorithm
+from bench.config import RunConfig
+from bench.core.batch import PolicyOutput, RolloutBatch, seq_sum
+from bench.core.generation import Generation
+from bench.rollout import model_device, token_logps
+
+
+@dataclass
+class Counters:
+    """Run totals, logged as ``perf/<field>`` at the end of a run."""
+
+    tokens_generated: float = 0.0
+    tokens_trained: float = 0.0
+    skipped_steps: float = 0.0  # optimiser steps not applied (non-finite loss or gradient)
+    empty_minibatches: float = 0.0  # minibatches with no row the loss uses (e.g. DPO, no pair)
+    unscorable: float = 0.0  # completions the reward function could not score
+
+    def as_metrics(self) -> dict[str, float]:
+        return {f"perf/{k}": v for k, v in dataclasses.asdict(self).items()}
+
+
+def minibatch_indices(group_ids: torch.Tensor, n: int, gen: torch.Generator) -> list[torch.Tensor]:
+    """Row indices of n minibatches, each made of whole groups, groups shuffled."""
+    groups = torch.unique(group_ids)
+    perm = groups[torch.randperm(len(groups), generator=gen)]
+    return [torch.nonzero(torch.isin(group_ids, chunk)).squeeze(1) for chunk in perm.chunk(n)]
+
+
+def forward(model, batch: RolloutBatch, temperature: float, value_head=None) -> PolicyOutput:
+    """The training forward: per-token log-probs (with grad), entropy, values."""
+    T = batch.mask.shape[1]
+    res = token_logps(
+        model,
+        batch.input_ids,
+        batch.attention_mask,
+        T,
+        temperature,
+        entropy=True,
+        hidden=value_head is not None,
+    )
+    values = value_head(res.hidden).squeeze(-1) if value_head is not None else None
+    return PolicyOutput(logp=res.logp, entropy=res.entropy, values=values)
+
+
+def with_behaviour(batch: RolloutBatch, out: PolicyOutput) -> RolloutBatch:
+    """Fill what the batch lacks from the first forward of an unchanged policy: behaviour
+    log-probs (``old_logp``) and the behaviour critic's values."""
+    if batch.old_logp is None:
+        batch = dataclasses.replace(batch, old_logp=out.logp.detach())
+    if batch.values is None and out.values is not None:
+        batch = dataclasses.replace(batch, values=out.values.detach())
+    return batch
+
+
+def make_batch(
+    gen: Generation,
+    rewards: torch.Tensor,
+    *,
+    policy,
+    reference,
+    value_head,
+    algo: Algorithm,
+    cfg: RunConfig,
+) -> RolloutBatch:
+    """Rollouts -> RolloutBatch with what the algorithm declared it needs."""
+    T, temp, k = cfg.sampling.max_new_tokens, cfg.sampling.temperature, cfg.sampling.k
+    ids, attn = gen.input_ids, gen.attention_mask
+    old = gen.behaviour_logp  # off-policy rows: the log-probs they were drawn with
+    values = ref = None
+    with torch.no_grad():
+        # With one update per rollout batch the policy has not moved when the loss is taken, so
+        # the first forward's log-probs (and values) are the behaviour ones (``with_behaviour``).
+        # Off-policy rows come with their behaviour log-probs; values are the current critic's.
+        if cfg.train.epochs * cfg.train.minibatches > 1:
+            res = token_logps(policy, ids, attn, T, temp, hidden=value_head is not None)
+            old = res.logp if old is None else old
+            values = value_head(res.hidden).squeeze(-1) if value_head is not None else None
+        if algo.needs.ref_logp:
+            ref = token_logps(reference, ids, attn, T, temp).logp
+    return RolloutBatch(
+        mask=gen.completion_mask.float(),
+        old_logp=old,
+        rewards=rewards,
+        group_ids=torch.arange(rewards.shape[0] // k).repeat_interleave(k),
+        ref_logp=ref,
+        values=values,
+        input_ids=ids,
+        attention_mask=attn,
+    ).to(model_device(policy))
+
+
+def build_optimiser(params: list, cfg: RunConfig):
+    """(optimiser, lr schedule) over ``params``: warm-up, then constant or linear decay."""
+    t = cfg.train
+    if t.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=t.lr, weight_decay=t.weight_decay)
+    else:
+        fused = all(p.device.type in ("cpu", "cuda") for p in params)  # one kernel for all params
+        opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, fused=fused)
+    warm = max(t.warmup_steps, 0)
+    total = max(t.steps * t.epochs * t.minibatches, 1)
+
+    def factor(step: int) -> float:  # step = optimiser steps taken so far
+        if warm and step < warm:
+            return (step + 1) / warm
+        if t.schedule == "linear":
+            return max(0.0, 1 - (step - warm) / max(total - warm, 1))
+        return 1.0
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+@dataclass
+class Learner:
+    """The trained parts of a run and how they are stepped."""
+
+    policy: torch.nn.Module
+    reference: torch.nn.Module
+    value_head: torch.nn.Module | None
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    algo: Algorithm
+    algo_cfg: Any
+    cfg: RunConfig
+    mb_gen: torch.Generator  # draws the minibatch split of each rollout batch
+
+    @classmethod
+    def build(cls, policy, reference, algo: Algorithm, cfg: RunConfig) -> Learner:
+        value_head = None
+        if algo.needs.values:  # a linear value head on the policy's last hidden state
+            value_head = torch.nn.Linear(policy.config.hidden_size, 1).to(model_device(policy))
+            torch.nn.init.zeros_(value_head.weight)
+            torch.nn.init.zeros_(value_head.bias)
+        params = list(policy.parameters()) + (list(value_head.parameters()) if value_head else [])
+        opt, sched = build_optimiser(params, cfg)
+        mb_gen = torch.Generator().manual_seed(cfg.seed)
+        return cls(policy, reference, value_head, opt, sched, algo, cfg.algo_config(), cfg, mb_gen)
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [p for group in self.opt.param_groups for p in group["params"]]
+
+    def make_batch(self, gen: Generation, rewards: torch.Tensor) -> RolloutBatch:
+        return make_batch(
+            gen,
+            rewards,
+            policy=self.policy,
+            reference=self.reference,
+            value_head=self.value_head,
+            algo=self.algo,
+            cfg=self.cfg,
+        )
+
+    def update(self, batch: RolloutBatch, counters: Counters) -> dict[str, float]:
+        """epochs x minibatches optimiser steps on one rollout batch; mean step metrics."""
+        collected: dict[str, list[float]] = {}
+        for _ in range(self.cfg.train.epochs):
+            for idx in minibatch_indices(batch.group_ids, self.cfg.train.minibatches, self.mb_gen):
+                mb = batch.select(idx)
+                if self.algo.select is not None:  # e.g. DPO uses only the best and worst rows
+                    mb = mb.select(self.algo.select(mb, self.algo_cfg))
+                if mb.size == 0:
+                    counters.empty_minibatches += 1
+                    continue
+                for key, v in self.step(mb, counters).items():
+                    collected.setdefault(key, []).append(v)
+        return {key: float(np.mean(v)) for key, v in collected.items()}
+
+    def step(self, mb: RolloutBatch, counters: Counters) -> dict[str, float]:
+        """One optimiser step on a minibatch of whole groups."""
+        out = forward(self.policy, mb, self.cfg.sampling.temperature, self.value_head)
+        mb = with_behaviour(mb, out)
+        loss, metrics = self.algo.loss(mb, out, self.algo_cfg)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_(self.parameters(), self.cfg.train.max_grad_norm).item()
+        if math.isfinite(gn) and math.isfinite(loss.item()):
+            self.opt.step()
+            self.sched.step()
+        else:  # counted, never silently applied
+            counters.skipped_steps += 1
+            self.opt.zero_grad(set_to_none=True)
+        counters.tokens_trained += mb.mask.sum().item()
+        return metrics | step_metrics(mb, out, loss.item(), gn)
+
+
+def step_metrics(mb: RolloutBatch, out: PolicyOutput, loss: float, grad_norm: float) -> dict:
+    """What every algorithm logs per optimiser step, besides its own metrics."""
+    m = {
+        "train/loss": loss,
+        "train/grad_norm": grad_norm,
+        "train/entropy": (out.entropy * mb.mask).sum().item() / max(mb.mask.sum().item(), 1),
+    }
+    if mb.ref_logp is not None:  # sequence KL(behaviour || reference), k1 estimate
+        m["train/kl_ref"] = seq_sum(mb.old_logp - mb.ref_logp, mb.mask).mean().item()
+    return m
