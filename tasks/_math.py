@@ -250,7 +250,10 @@ class MathTask(Task):
         return verifier(self.cfg.verify_timeout).check(completion, row["answer"])
 
     def answers(self, row: dict) -> tuple[str, str]:
-        return f"The answer is $\\boxed{{{row['answer']}}}$.", "The answer is $\\boxed{-987654321}$."
+        return (
+            f"The answer is $\\boxed{{{row['answer']}}}$.",
+            "The answer is $\\boxed{-987654321}$.",
+        )
 
     def sft_examples(self) -> list[tuple[str, str]]:
         return [(self.prompt(r["problem"]), r["solution"]) for r in self._train if r["solution"]]
