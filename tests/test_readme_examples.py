@@ -71,3 +71,10 @@ def test_the_task_example_trains_two_steps_through_the_loop(plugin, tracking_uri
     overrides = ["task=parity", "train.steps=2", "tasks.parity.bits=3", "model.warmstart_steps=5"]
     final = train(load_config("smoke", overrides), tracking_uri=tracking_uri)
     assert 0 <= final["eval/parity/accuracy"] <= 1 and final["perf/skipped_steps"] == 0
+
+
+def test_the_readme_is_a_front_door_and_links_resolve():
+    assert len(README.splitlines()) <= 200
+    root = Path(__file__).resolve().parent.parent
+    links = re.findall(r"\]\((docs/[^)#]+)\)", README)
+    assert links and all((root / link).exists() for link in links)
