@@ -23,7 +23,12 @@ PRESETS_DIR = Path(__file__).parent / "presets"
 class ModelConfig:
     name_or_path: str = "tiny"  # "tiny" = embedded default built offline; else HF id or local dir
     device: str = "auto"  # "auto" = cuda if available, else cpu; or any torch device string
-    dtype: Literal["float32", "bfloat16"] = "float32"  # weights of a loaded checkpoint
+    dtype: Literal["float32", "bfloat16"] = (
+        "float32"  # dtype a checkpoint is loaded in (bfloat16 needs train.precision=bf16-mixed: fp32 master weights)
+    )
+    gradient_checkpointing: bool = (
+        False  # recompute each decoder layer in the backward (training forwards only)
+    )
     hidden_size: int = 128  # tiny model: width
     num_layers: int = 4  # tiny model: decoder layers
     num_heads: int = 4  # tiny model: attention heads
@@ -64,6 +69,13 @@ class TrainConfig:
     max_grad_norm: float = 1.0  # gradient clipping (norm logged before clipping)
     epochs: int = 1  # passes over each rollout batch
     minibatches: int = 1  # optimiser steps per pass; minibatches hold whole groups
+    micro_batch_tokens: int = 0  # token budget of one forward/backward; the gradient is accumulated exactly (0 = whole minibatch)
+    precision: Literal["fp32", "bf16-mixed"] = (
+        "fp32"  # bf16-mixed: fp32 master weights and AdamW, bf16 autocast compute
+    )
+    logprob_chunk: int = (
+        0  # LM head + log-softmax over this many tokens at a time, checkpointed (0 = all at once)
+    )
     threads: int = 0  # torch threads (0 = leave torch's default)
     save_checkpoint: bool = False  # save the final policy under results/checkpoints/<run_id>
 
@@ -319,6 +331,12 @@ def _check_registered(cfg: RunConfig, src: _Source) -> None:
 
 
 def _check_consistent(cfg: RunConfig, src: _Source) -> None:
+    if cfg.model.dtype == "bfloat16" and cfg.train.precision != "bf16-mixed":
+        raise BenchError(
+            f"{src.of(('model', 'dtype'))}: model.dtype=bfloat16 would train bf16 weights with "
+            "AdamW, whose small updates round away (the run would not learn): set "
+            "train.precision=bf16-mixed (fp32 master weights, bf16 compute)"
+        )
     if cfg.sampling.source == "dataset" and cfg.sampling.k != 2:
         raise BenchError(
             f"{src.of(('sampling', 'k'))}: sampling.source=dataset gives preference pairs: set sampling.k=2"

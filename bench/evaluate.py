@@ -16,7 +16,7 @@ def majority(answers: list[str]) -> str:
 
 
 def evaluate(
-    model, tokenizer, task, sampler: Sampler, ecfg: EvalConfig, scfg: SamplingConfig, seed: int
+    model, tokenizer, task, sampler: Sampler, ecfg: EvalConfig, scfg: SamplingConfig, *, seed: int
 ) -> dict[str, float]:
     """Metrics named ``eval/<task>/<metric>``. Unscorable answers count as wrong and are counted."""
     rows = task.eval_rows()[: ecfg.max_prompts]
@@ -109,7 +109,7 @@ def evaluate_model(
         ecfg = EvalConfig(max_prompts=limit or 10**9, k=k, temperature=temperature)
         scfg = SamplingConfig(max_new_tokens=max_new_tokens, engine=engine)
         sampler = sampler or make_sampler(scfg, seed)  # one engine for every task
-        results |= evaluate(model, tokenizer, task, sampler, ecfg, scfg, seed)
+        results |= evaluate(model, tokenizer, task, sampler, ecfg, scfg, seed=seed)
     if model is None:
         raise BenchError("bench eval needs at least one task (--tasks gsm8k,math500)")
     if lm_eval:  # the same tasks through lm-evaluation-harness: greedy, same token budget

@@ -28,7 +28,9 @@ from bench.core.paths import results_dir
 from bench.core.progress import bar
 from bench.core.rewards import score
 from bench.evaluate import evaluate
+from bench.memory import enable_checkpointing
 from bench.models import load_policy, n_params
+from bench.precision import compute_precision, master_weights
 from bench.sources import PreferencePairs, Rollouts
 from bench.tracking import Tracker, resolve_uri
 from bench.update import Counters, Learner
@@ -94,9 +96,12 @@ def set_up(cfg: RunConfig, sampler: Sampler | None, tracking_uri: str | None, ta
     sampler = sampler or make_sampler(cfg.sampling, cfg.seed)
     pool = train_pool(cfg, task)
     policy, tokenizer, info = load_policy(cfg.model, task)
+    policy = master_weights(policy)
     task.bind_tokenizer(tokenizer)
     seed_all(cfg.seed)
     reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    if cfg.model.gradient_checkpointing:
+        enable_checkpointing(policy)
     if cfg.sampling.source == "dataset":  # offline preference pairs instead of sampling
         source = PreferencePairs(pool, cfg.sampling.max_new_tokens)
     else:
@@ -121,7 +126,8 @@ def draw(run: Run) -> tuple[list[dict], Generation]:
     k = run.cfg.sampling.k
     rows = [r for r in next(run.stream) for _ in range(k)]
     prompts = [r["prompt"] for r in rows[::k]]
-    return rows, run.source.draw(run.learner.policy, run.tokenizer, prompts)
+    with compute_precision(run.cfg, run.learner.policy):
+        return rows, run.source.draw(run.learner.policy, run.tokenizer, prompts)
 
 
 def rewards_of(run: Run, rows: list[dict], gen: Generation) -> tuple[torch.Tensor, int]:
@@ -190,9 +196,16 @@ def log(run: Run, metrics: dict[str, float], step: int) -> None:
 def run_eval(run: Run, step: int) -> None:
     cfg = run.cfg
     policy = run.learner.policy
-    m = evaluate(
-        policy, run.tokenizer, run.task, run.sampler, cfg.eval, cfg.sampling, seed=10_000 + cfg.seed
-    )
+    with compute_precision(cfg, policy):
+        m = evaluate(
+            policy,
+            run.tokenizer,
+            run.task,
+            run.sampler,
+            cfg.eval,
+            cfg.sampling,
+            seed=10_000 + cfg.seed,
+        )
     log(run, m, step)
     run.tracker.flush()  # eval points show up in the MLflow UI as soon as they exist
 

@@ -134,14 +134,22 @@ def _bins(lengths: list[int], min_capacity: int, device) -> tuple[Tensor, Tensor
     widths 32 / 64 / 128 / one row for everything against one row per group: forward+backward
     -5% / +2% / +8% / -1%."""
     capacity = max(max(lengths), min_capacity)
+    row, start = first_fit_decreasing(lengths, capacity)
+    width = max(s + n for s, n in zip(start, lengths, strict=True))
+    as_tensor = functools.partial(torch.tensor, dtype=torch.long, device=device)
+    return as_tensor(row), as_tensor(start), max(row) + 1, width
+
+
+def first_fit_decreasing(lengths: list[int], capacity: int) -> tuple[list[int], list[int]]:
+    """(bin of each item, its start within the bin): items longest first, each into the first
+    bin with room for it; an item longer than ``capacity`` gets a bin of its own."""
     row, start, fill = [0] * len(lengths), [0] * len(lengths), []
     for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
         r = next((r for r, used in enumerate(fill) if used + lengths[i] <= capacity), len(fill))
         if r == len(fill):
             fill.append(0)
         row[i], start[i], fill[r] = r, fill[r], fill[r] + lengths[i]
-    as_tensor = functools.partial(torch.tensor, dtype=torch.long, device=device)
-    return as_tensor(row), as_tensor(start), len(fill), max(fill)
+    return row, start
 
 
 def _block_mask(group: Tensor, owner: Tensor, model) -> Tensor:

@@ -41,7 +41,16 @@ class HFSampler:
 
     @torch.no_grad()
     def generate(
-        self, model, tokenizer, prompts, k, max_new_tokens, temperature=1.0, top_p=1.0, greedy=False
+        self,
+        model,
+        tokenizer,
+        prompts,
+        k,
+        max_new_tokens,
+        *,
+        temperature=1.0,
+        top_p=1.0,
+        greedy=False,
     ):
         prompt_ids, prompt_mask = prompt_tensors(tokenizer, prompts, 1)
         device = model_device(model)
@@ -52,9 +61,11 @@ class HFSampler:
             ids = prompt_ids[s : s + per_call].to(device)
             mask = prompt_mask[s : s + per_call].to(device)
             if _has_kv_cache(model):
-                new = _decode(model, ids, mask, k, max_new_tokens, draw, tokenizer)
+                new = _decode(model, ids, mask, k, draw, tokenizer, max_new_tokens=max_new_tokens)
             else:
-                new = _library_generate(model, ids, mask, k, max_new_tokens, draw, tokenizer)
+                new = _library_generate(
+                    model, ids, mask, k, draw, tokenizer, max_new_tokens=max_new_tokens
+                )
             chunks.append(
                 torch.nn.functional.pad(
                     new.cpu(), (0, max_new_tokens - new.shape[1]), value=tokenizer.pad_token_id
@@ -100,7 +111,7 @@ def multinomial_one(probs: Tensor, live: Tensor | None = None, n_rows: int = 0) 
     return (probs / (-torch.log1p(-u)).to(probs.dtype)).argmax(-1)
 
 
-def _decode(model, ids: Tensor, mask: Tensor, k: int, max_new_tokens: int, draw, tokenizer):
+def _decode(model, ids: Tensor, mask: Tensor, k: int, draw, tokenizer, *, max_new_tokens: int):
     """New tokens [U*k, <= max_new_tokens] for U left-padded prompts, k rows each (EOS, then pad).
     A row leaves the decode batch (and its KV cache) when it ends; stops when every row has."""
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
@@ -149,7 +160,7 @@ def _decode(model, ids: Tensor, mask: Tensor, k: int, max_new_tokens: int, draw,
     return tokens[:, : t + 1]
 
 
-def _library_generate(model, ids, mask, k: int, max_new_tokens: int, draw: _Draw, tokenizer):
+def _library_generate(model, ids, mask, k: int, draw: _Draw, tokenizer, *, max_new_tokens: int):
     """``model.generate`` on the k-times repeated prompts (models without an HF KV cache)."""
     out = model.generate(
         input_ids=ids.repeat_interleave(k, dim=0),
@@ -210,6 +221,7 @@ def token_logps(
     attention_mask: Tensor,
     completion_len: int,
     temperature: float = 1.0,
+    *,
     entropy: bool = False,
     hidden: bool = False,
     share_prompts: bool = True,

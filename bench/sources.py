@@ -30,7 +30,9 @@ from bench.rollout import token_logps
 class Rollouts:
     """Groups drawn from the policy, the reference, a mixture, uniformly, or replayed."""
 
-    def __init__(self, cfg: RunConfig, task, sampler, reference, seed: int, buffer_size: int = 64):
+    def __init__(
+        self, cfg: RunConfig, task, sampler, reference, seed: int, *, buffer_size: int = 64
+    ):
         self.cfg, self.task, self.sampler, self.reference = cfg, task, sampler, reference
         self.rng = random.Random(seed)
         self.buffer: dict[str, list[Generation]] = {}  # prompt -> earlier single-row generations
@@ -50,7 +52,9 @@ class Rollouts:
         s = self.cfg.sampling
         k, T = s.k, s.max_new_tokens
         if self.on_policy:
-            return self.sampler.generate(policy, tokenizer, prompts, k, T, s.temperature, s.top_p)
+            return self.sampler.generate(
+                policy, tokenizer, prompts, k, T, temperature=s.temperature, top_p=s.top_p
+            )
         # the same number of replayed rows in every group: as many as the least-seen prompt allows
         n_old = min([round(s.replay_ratio * k)] + [len(self.buffer.get(p, [])) for p in prompts])
         self.replay_frac = n_old / k
@@ -86,7 +90,7 @@ class Rollouts:
     def _sample(self, model, tokenizer, prompts, n) -> Generation:
         s = self.cfg.sampling
         gen = self.sampler.generate(
-            model, tokenizer, prompts, n, s.max_new_tokens, s.temperature, s.top_p
+            model, tokenizer, prompts, n, s.max_new_tokens, temperature=s.temperature, top_p=s.top_p
         )
         with torch.no_grad():
             logp = token_logps(

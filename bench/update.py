@@ -14,9 +14,11 @@ import numpy as np
 import torch
 
 from algorithms import Algorithm
+from bench.accumulate import accumulated_backward, micro_batches, row_tokens
 from bench.config import RunConfig
 from bench.core.batch import PolicyOutput, RolloutBatch, seq_sum
 from bench.core.generation import Generation
+from bench.precision import compute_precision
 from bench.rollout import model_device, token_logps
 
 
@@ -53,7 +55,7 @@ def forward(model, batch: RolloutBatch, temperature: float, value_head=None) -> 
         entropy=True,
         hidden=value_head is not None,
     )
-    values = value_head(res.hidden).squeeze(-1) if value_head is not None else None
+    values = value_head(res.hidden).squeeze(-1).float() if value_head is not None else None
     return PolicyOutput(logp=res.logp, entropy=res.entropy, values=values)
 
 
@@ -82,14 +84,14 @@ def make_batch(
     ids, attn = gen.input_ids, gen.attention_mask
     old = gen.behaviour_logp  # off-policy rows: the log-probs they were drawn with
     values = ref = None
-    with torch.no_grad():
+    with torch.no_grad(), compute_precision(cfg, policy):
         # With one update per rollout batch the policy has not moved when the loss is taken, so
         # the first forward's log-probs (and values) are the behaviour ones (``with_behaviour``).
         # Off-policy rows come with their behaviour log-probs; values are the current critic's.
         if cfg.train.epochs * cfg.train.minibatches > 1:
             res = token_logps(policy, ids, attn, T, temp, hidden=value_head is not None)
             old = res.logp if old is None else old
-            values = value_head(res.hidden).squeeze(-1) if value_head is not None else None
+            values = value_head(res.hidden).squeeze(-1).float() if value_head else None
         if algo.needs.ref_logp:
             ref = token_logps(reference, ids, attn, T, temp).logp
     return RolloutBatch(
@@ -143,7 +145,9 @@ class Learner:
     def build(cls, policy, reference, algo: Algorithm, cfg: RunConfig) -> Learner:
         value_head = None
         if algo.needs.values:  # a linear value head on the policy's last hidden state
-            value_head = torch.nn.Linear(policy.config.hidden_size, 1).to(model_device(policy))
+            dtype = next(policy.parameters()).dtype
+            value_head = torch.nn.Linear(policy.config.hidden_size, 1)
+            value_head = value_head.to(model_device(policy), dtype=dtype)
             torch.nn.init.zeros_(value_head.weight)
             torch.nn.init.zeros_(value_head.bias)
         params = list(policy.parameters()) + (list(value_head.parameters()) if value_head else [])
@@ -180,13 +184,33 @@ class Learner:
                     collected.setdefault(key, []).append(v)
         return {key: float(np.mean(v)) for key, v in collected.items()}
 
-    def step(self, mb: RolloutBatch, counters: Counters) -> dict[str, float]:
-        """One optimiser step on a minibatch of whole groups."""
-        out = forward(self.policy, mb, self.cfg.sampling.temperature, self.value_head)
+    def forward(self, mb: RolloutBatch) -> PolicyOutput:
+        with compute_precision(self.cfg, self.policy):
+            return forward(self.policy, mb, self.cfg.sampling.temperature, self.value_head)
+
+    def loss(self, mb: RolloutBatch, out: PolicyOutput):
+        """(loss, metrics, the batch the loss saw): the algorithm's loss in fp32."""
         mb = with_behaviour(mb, out)
         loss, metrics = self.algo.loss(mb, out, self.algo_cfg)
+        return loss, metrics, mb
+
+    def backward(self, mb: RolloutBatch, parts: list[torch.Tensor] | None = None):
+        """Gradient of the minibatch loss into ``.grad``, in micro-batches of at most
+        ``train.micro_batch_tokens`` tokens (or the given row ``parts``); exactly the one-pass
+        gradient (bench/accumulate.py). Returns (loss, metrics, output, batch used)."""
+        parts = parts or micro_batches(row_tokens(mb), self.cfg.train.micro_batch_tokens)
+        if len(parts) == 1:
+            out = self.forward(mb)
+            loss, metrics, mb = self.loss(mb, out)
+            loss.backward()
+            return loss.detach(), metrics, out, mb
+        loss, metrics, out = accumulated_backward(mb, parts, self.forward, self.loss)
+        return loss, metrics, out, with_behaviour(mb, out)
+
+    def step(self, mb: RolloutBatch, counters: Counters) -> dict[str, float]:
+        """One optimiser step on a minibatch of whole groups."""
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss, metrics, out, mb = self.backward(mb)
         gn = torch.nn.utils.clip_grad_norm_(self.parameters(), self.cfg.train.max_grad_norm).item()
         if math.isfinite(gn) and math.isfinite(loss.item()):
             self.opt.step()

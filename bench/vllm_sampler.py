@@ -60,7 +60,16 @@ class VLLMSampler:
         self.weight_pushes = 0
 
     def generate(
-        self, model, tokenizer, prompts, k, max_new_tokens, temperature=1.0, top_p=1.0, greedy=False
+        self,
+        model,
+        tokenizer,
+        prompts,
+        k,
+        max_new_tokens,
+        *,
+        temperature=1.0,
+        top_p=1.0,
+        greedy=False,
     ) -> Generation:
         from vllm import SamplingParams
 

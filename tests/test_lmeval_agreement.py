@@ -58,7 +58,7 @@ def evaluate(model, tok, task, n, budget):
         HFSampler(),
         EvalConfig(max_prompts=n, k=0),
         SamplingConfig(max_new_tokens=budget),
-        0,
+        seed=0,
     )[f"eval/{task.name}/accuracy"]
 
 

@@ -77,6 +77,7 @@ class Sampler(Protocol):
         prompts: list[str],
         k: int,
         max_new_tokens: int,
+        *,
         temperature: float = 1.0,
         top_p: float = 1.0,
         greedy: bool = False,
