@@ -52,8 +52,8 @@ def _takes_position_ids(model_class) -> bool:
 
 
 def packed_outputs(
-    model, input_ids: Tensor, attention_mask: Tensor, T: int, hidden: bool
-) -> tuple[Tensor, Tensor | None]:
+    model, input_ids: Tensor, attention_mask: Tensor, T: int, hidden: bool, head: bool = True
+) -> tuple[Tensor | None, Tensor | None]:
     """Logits [B, T, V] at the positions that predict the last T tokens of each row (and the last
     hidden states there when ``hidden``); zeros where the completion mask is 0.
 
@@ -95,18 +95,30 @@ def packed_outputs(
     ends = start + prompt_len - 1  # the column of each prompt's last token
     keep = S - int(ends.min())
 
-    out = model(
-        input_ids=ids,
-        attention_mask=_block_mask(group, owner, model),
-        position_ids=pos,
-        logits_to_keep=keep,  # from the earliest prompt end
-        output_hidden_states=hidden,
-    )
     first = S - keep
+    if not head:  # final hidden states only: the caller applies the LM head in chunks
+        out = model.base_model(
+            input_ids=ids,
+            attention_mask=_block_mask(group, owner, model),
+            position_ids=pos,
+            use_cache=False,
+        )
+        states = out.last_hidden_state[:, first:]
+    else:
+        out = model(
+            input_ids=ids,
+            attention_mask=_block_mask(group, owner, model),
+            position_ids=pos,
+            logits_to_keep=keep,  # from the earliest prompt end
+            output_hidden_states=hidden,
+            use_cache=False,  # nothing is decoded after a scoring forward
+        )
     # [B, T] index into the R*keep kept positions; R*keep is an appended row of zeros
     where = torch.full((B, T), R * keep, dtype=torch.long, device=dev)
     where[:, 0] = (row_of * keep + ends - first)[inverse]
     where[:, 1:][fed] = (row_of[inverse][:, None] * keep + t_col - first)[fed]
+    if not head:
+        return None, _pick(states.reshape(R * keep, -1), where)
     logits = _pick(out.logits.reshape(R * keep, -1), where)
     states = None
     if hidden:

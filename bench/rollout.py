@@ -18,6 +18,7 @@ from transformers import PreTrainedModel
 from transformers.generation.logits_process import TopPLogitsWarper
 
 from bench.core.generation import finish_generation, prompt_tensors
+from bench.logprobs import chunked_logps
 from bench.packing import can_pack, packed_outputs
 
 
@@ -225,32 +226,44 @@ def token_logps(
     entropy: bool = False,
     hidden: bool = False,
     share_prompts: bool = True,
+    chunk: int = 0,
 ) -> TokenLogps:
     """Per-token log-probs [B, T] of the last T tokens given all before (optionally entropy and
     hidden states). Position ids follow the attention mask, as in generate, so left padding does
     not shift them. Rows that share a prompt (a group) run the prompt once: see ``_outputs``.
 
     The completion part of ``attention_mask`` is the completion mask: columns after the longest
-    completion are padding in every row, and are not run (their outputs are zeros)."""
+    completion are padding in every row, and are not run (their outputs are zeros).
+
+    ``chunk`` > 0: the LM head runs on that many scored tokens at a time, checkpointed
+    (bench/logprobs.py); log-probs and entropy are then zeros at masked positions."""
     T = completion_len
     device = model_device(model)
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     cut = T - _longest(attention_mask[:, -T:])  # all-padding columns at the end
     if cut:
         input_ids, attention_mask, T = input_ids[:, :-cut], attention_mask[:, :-cut], T - cut
-    logits, states = _outputs(model, input_ids, attention_mask, T, hidden, share_prompts)
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()  # fp32 or fp64 (a table policy) stay as they are
-    logp_all = (logits / temperature).log_softmax(-1)
-    logp = logp_all.gather(-1, input_ids[:, -T:].unsqueeze(-1)).squeeze(-1)
-    ent = None
-    if entropy:
-        with torch.no_grad():
-            ent = -(logp_all.exp() * logp_all).sum(-1)
-    if cut:  # back to [B, completion_len]: masked positions hold zeros
-        logp, ent = _pad_cols(logp, cut), _pad_cols(ent, cut)
-        states = None if states is None else _pad_cols(states.transpose(1, 2), cut).transpose(1, 2)
-    return TokenLogps(logp, ent, states)
+    if chunk and isinstance(model, PreTrainedModel):
+        _, states = _outputs(model, input_ids, attention_mask, T, True, share_prompts, head=False)
+        valid = attention_mask[:, -T:].bool()
+        logp, ent = chunked_logps(model, states, input_ids[:, -T:], valid, temperature, chunk)
+        res = TokenLogps(logp, ent if entropy else None, states if hidden else None)
+    else:
+        logits, states = _outputs(model, input_ids, attention_mask, T, hidden, share_prompts)
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()  # fp32 or fp64 (a table policy) stay as they are
+        logp_all = (logits / temperature).log_softmax(-1)
+        logp = logp_all.gather(-1, input_ids[:, -T:].unsqueeze(-1)).squeeze(-1)
+        ent = None
+        if entropy:
+            with torch.no_grad():
+                ent = -(logp_all.exp() * logp_all).sum(-1)
+        res = TokenLogps(logp, ent, states)
+    if not cut:
+        return res
+    states = res.hidden  # back to [B, completion_len]: masked positions hold zeros
+    states = None if states is None else _pad_cols(states.transpose(1, 2), cut).transpose(1, 2)
+    return TokenLogps(_pad_cols(res.logp, cut), _pad_cols(res.entropy, cut), states)
 
 
 def _longest(completion_mask: Tensor) -> int:
@@ -263,7 +276,7 @@ def _pad_cols(x: Tensor | None, n: int) -> Tensor | None:
     return None if x is None else torch.nn.functional.pad(x, (0, n))
 
 
-def _outputs(model, input_ids, attention_mask, T: int, hidden: bool, share: bool):
+def _outputs(model, input_ids, attention_mask, T: int, hidden: bool, share: bool, head=True):
     """Logits [B, T, V] at the positions that predict the T completion tokens (and the last hidden
     states there when ``hidden``).
 
@@ -280,10 +293,18 @@ def _outputs(model, input_ids, attention_mask, T: int, hidden: bool, share: bool
         and can_pack(model, input_ids.shape[1])
         and attention_mask[:, :P].any(1).all()
     ):
-        return packed_outputs(model, input_ids, attention_mask, T, hidden)
+        return packed_outputs(model, input_ids, attention_mask, T, hidden, head)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     # The last completion token predicts nothing we score, and no scored position attends to it,
     # so it is never fed: every forward stops one token short.
+    if not head:  # final hidden states of the plain forward (the LM head is the caller's)
+        out = model.base_model(
+            input_ids=input_ids[:, :-1],
+            attention_mask=attention_mask[:, :-1],
+            position_ids=position_ids[:, :-1],
+            use_cache=False,
+        )
+        return None, out.last_hidden_state[:, -T:]
     unique = inverse = None
     if share and P > 1 and _has_kv_cache(model):
         prompts = torch.cat([input_ids[:, :P], attention_mask[:, :P]], dim=1)
@@ -295,6 +316,7 @@ def _outputs(model, input_ids, attention_mask, T: int, hidden: bool, share: bool
             position_ids=position_ids[:, :-1],
             logits_to_keep=T,
             output_hidden_states=hidden,
+            use_cache=False,  # nothing is decoded after a scoring forward
         )
         return out.logits, (out.hidden_states[-1][:, -T:] if hidden else None)
     first = torch.empty(unique.shape[0], dtype=torch.long, device=inverse.device)

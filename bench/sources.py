@@ -94,7 +94,12 @@ class Rollouts:
         )
         with torch.no_grad():
             logp = token_logps(
-                model, gen.input_ids, gen.attention_mask, s.max_new_tokens, s.temperature
+                model,
+                gen.input_ids,
+                gen.attention_mask,
+                s.max_new_tokens,
+                s.temperature,
+                chunk=self.cfg.train.logprob_chunk,
             ).logp
         return gen.with_behaviour(logp.cpu())
 

@@ -43,7 +43,9 @@ def minibatch_indices(group_ids: torch.Tensor, n: int, gen: torch.Generator) -> 
     return [torch.nonzero(torch.isin(group_ids, chunk)).squeeze(1) for chunk in perm.chunk(n)]
 
 
-def forward(model, batch: RolloutBatch, temperature: float, value_head=None) -> PolicyOutput:
+def forward(
+    model, batch: RolloutBatch, temperature: float, value_head=None, chunk: int = 0
+) -> PolicyOutput:
     """The training forward: per-token log-probs (with grad), entropy, values."""
     T = batch.mask.shape[1]
     res = token_logps(
@@ -54,6 +56,7 @@ def forward(model, batch: RolloutBatch, temperature: float, value_head=None) -> 
         temperature,
         entropy=True,
         hidden=value_head is not None,
+        chunk=chunk,
     )
     values = value_head(res.hidden).squeeze(-1).float() if value_head is not None else None
     return PolicyOutput(logp=res.logp, entropy=res.entropy, values=values)
@@ -81,6 +84,7 @@ def make_batch(
 ) -> RolloutBatch:
     """Rollouts -> RolloutBatch with what the algorithm declared it needs."""
     T, temp, k = cfg.sampling.max_new_tokens, cfg.sampling.temperature, cfg.sampling.k
+    chunk = cfg.train.logprob_chunk
     ids, attn = gen.input_ids, gen.attention_mask
     old = gen.behaviour_logp  # off-policy rows: the log-probs they were drawn with
     values = ref = None
@@ -89,11 +93,13 @@ def make_batch(
         # the first forward's log-probs (and values) are the behaviour ones (``with_behaviour``).
         # Off-policy rows come with their behaviour log-probs; values are the current critic's.
         if cfg.train.epochs * cfg.train.minibatches > 1:
-            res = token_logps(policy, ids, attn, T, temp, hidden=value_head is not None)
+            res = token_logps(
+                policy, ids, attn, T, temp, hidden=value_head is not None, chunk=chunk
+            )
             old = res.logp if old is None else old
             values = value_head(res.hidden).squeeze(-1).float() if value_head else None
         if algo.needs.ref_logp:
-            ref = token_logps(reference, ids, attn, T, temp).logp
+            ref = token_logps(reference, ids, attn, T, temp, chunk=chunk).logp
     return RolloutBatch(
         mask=gen.completion_mask.float(),
         old_logp=old,
@@ -186,7 +192,8 @@ class Learner:
 
     def forward(self, mb: RolloutBatch) -> PolicyOutput:
         with compute_precision(self.cfg, self.policy):
-            return forward(self.policy, mb, self.cfg.sampling.temperature, self.value_head)
+            temperature, chunk = self.cfg.sampling.temperature, self.cfg.train.logprob_chunk
+            return forward(self.policy, mb, temperature, self.value_head, chunk)
 
     def loss(self, mb: RolloutBatch, out: PolicyOutput):
         """(loss, metrics, the batch the loss saw): the algorithm's loss in fp32."""
