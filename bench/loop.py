@@ -9,7 +9,6 @@ the loop reads its declared needs (``Algorithm.needs``) and never branches on na
 
 from __future__ import annotations
 
-import copy
 import json
 import random
 import resource
@@ -30,7 +29,7 @@ from bench.core.rewards import score
 from bench.evaluate import evaluate
 from bench.memory import enable_checkpointing
 from bench.models import load_policy, n_params
-from bench.precision import compute_precision, master_weights
+from bench.precision import compute_precision, frozen_reference, master_weights
 from bench.sources import PreferencePairs, Rollouts
 from bench.tracking import Tracker, resolve_uri
 from bench.update import Counters, Learner
@@ -99,7 +98,7 @@ def set_up(cfg: RunConfig, sampler: Sampler | None, tracking_uri: str | None, ta
     policy = master_weights(policy)
     task.bind_tokenizer(tokenizer)
     seed_all(cfg.seed)
-    reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    reference = frozen_reference(policy, cfg)
     if cfg.model.gradient_checkpointing:
         enable_checkpointing(policy)
     if cfg.sampling.source == "dataset":  # offline preference pairs instead of sampling

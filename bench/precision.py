@@ -8,6 +8,7 @@ of the weights in bf16 and 93.6% in fp32), so such a run would silently not trai
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import torch
 
@@ -19,6 +20,14 @@ def compute_precision(cfg, model):
     if cfg.train.precision != "bf16-mixed":
         return contextlib.nullcontext()
     return torch.autocast(model_device(model).type, dtype=torch.bfloat16)
+
+
+def frozen_reference(policy, cfg):
+    """A frozen copy of the policy: bf16 under bf16-mixed (it only runs forwards in bf16)."""
+    reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    if cfg.train.precision == "bf16-mixed":
+        reference = reference.to(torch.bfloat16)
+    return reference
 
 
 def master_weights(model):

@@ -73,7 +73,9 @@ def run(
     cfg = load_config(preset, overrides)
     if dry_run:
         from bench.app.dryrun import dry_run as check
+        from bench.plan import Workload
 
+        print_plan(cfg, Workload(256, 1, 80.0, 0.4, 989.0))
         for key, value in check(cfg).items():
             console.print(f"{key}: {escape(str(value))}", highlight=False)
         console.print(
@@ -255,6 +257,59 @@ def _print_summary(summary) -> None:
             f"{r.base_value:.3f}",
         )
     console.print(table)
+
+
+def print_plan(cfg, workload) -> bool:
+    """The memory and compute tables of ``cfg``; True if it fits."""
+    from algorithms import ALGORITHMS
+    from bench.plan import GB, make_plan
+
+    p = make_plan(cfg, workload, needs_ref=ALGORITHMS.get(cfg.algorithm).needs.ref_logp)
+    w = workload
+    table = Table(
+        title=f"memory per GPU: {w.gpus} x {w.gpu_memory_gb:g} GB, prompts of {w.prompt_tokens} tokens"
+    )
+    table.add_column("item")
+    table.add_column("GB", justify="right")
+    for item, size in p.memory:
+        table.add_row(escape(item), f"{size / GB:.2f}")
+    table.add_row("[bold]total[/bold]", f"[bold]{p.total / GB:.2f}[/bold]")
+    console.print(table)
+    flops = ", ".join(f"{k} {v / 1e12:,.1f}" for k, v in p.flops.items())
+    console.print(f"TFLOP per step: {flops}", highlight=False)
+    console.print(
+        f"{cfg.train.steps} steps: {p.gpu_hours:,.1f} GPU-hours at {w.utilization:.0%} of "
+        f"{w.gpu_tflops:g} TFLOP/s",
+        highlight=False,
+    )
+    console.print(p.verdict if p.fits else f"[red]error:[/red] {p.verdict}", highlight=False)
+    return p.fits
+
+
+@app.command("plan")
+@user_errors
+def plan_(
+    args: Annotated[
+        list[str] | None,
+        typer.Argument(help="PRESET then key=value overrides", metavar="PRESET [KEY=VALUE]..."),
+    ] = None,
+    gpus: Annotated[int, typer.Option(min=1, help="GPUs of one run (FSDP shards over them)")] = 1,
+    gpu_memory: Annotated[float, typer.Option(min=1, help="GB of memory per GPU")] = 80.0,
+    utilization: Annotated[
+        float, typer.Option(min=0.01, max=1.0, help="share of peak FLOP/s a step achieves")
+    ] = 0.4,
+    gpu_tflops: Annotated[float, typer.Option(min=1, help="the GPU's dense bf16 peak")] = 989.0,
+    prompt_tokens: Annotated[int, typer.Option(min=1, help="assumed prompt length")] = 256,
+):
+    """Per-GPU memory, FLOPs and GPU-hours of a preset, from its model config: bench plan PRESET."""
+    from bench.config import load_config
+    from bench.plan import Workload
+
+    preset, overrides = _split(args, "arithmetic")
+    cfg = load_config(preset, overrides)
+    workload = Workload(prompt_tokens, gpus, gpu_memory, utilization, gpu_tflops)
+    if not print_plan(cfg, workload):
+        raise typer.Exit(2)
 
 
 @app.command("eval")

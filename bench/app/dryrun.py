@@ -23,6 +23,7 @@ def stand_in(cfg: RunConfig, tracking_dir: str) -> RunConfig:
         intermediate_size=64,
         warmstart_steps=0,
         device="cpu",
+        gradient_checkpointing=cfg.model.gradient_checkpointing,
     )
     from bench.vllm_sampler import vllm_available
 
@@ -34,7 +35,16 @@ def stand_in(cfg: RunConfig, tracking_dir: str) -> RunConfig:
             cfg.sampling, max_new_tokens=min(cfg.sampling.max_new_tokens, 16), engine=engine
         ),
         train=dataclasses.replace(
-            cfg.train, steps=1, prompts_per_step=2, prompt_pool=0, threads=0, save_checkpoint=False
+            cfg.train,
+            steps=1,
+            prompts_per_step=2,
+            prompt_pool=0,
+            threads=0,
+            save_checkpoint=False,
+            # the preset's memory settings at the stand-in's scale: one sequence per micro-batch,
+            # 8-token log-prob chunks, so the dry run takes the same code paths
+            micro_batch_tokens=1 if cfg.train.micro_batch_tokens else 0,
+            logprob_chunk=min(cfg.train.logprob_chunk, 8),
         ),
         eval=dataclasses.replace(cfg.eval, every=1, max_prompts=2, k=min(cfg.eval.k, 2)),
         tracking=dataclasses.replace(
@@ -60,6 +70,17 @@ def dry_run(cfg: RunConfig) -> dict:
         "model (not loaded)": cfg.model.name_or_path,
         "rollout engine": engine,
         "eval rows": len(rows),
+        "precision": cfg.train.precision,
+        "memory paths taken": ", ".join(
+            name
+            for name, on in (
+                ("micro-batches of one sequence", tiny.train.micro_batch_tokens),
+                ("log-prob chunks of 8 tokens", tiny.train.logprob_chunk),
+                ("activation checkpointing", tiny.model.gradient_checkpointing),
+            )
+            if on
+        )
+        or "none",
         "first prompt": rows[0]["prompt"][:120] if rows else "",
         "step": {
             k: v
