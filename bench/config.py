@@ -6,11 +6,13 @@ line that names the key, the file and line (or the override) and the closest val
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 
@@ -20,92 +22,121 @@ PRESETS_DIR = Path(__file__).parent / "presets"
 
 
 @dataclass(frozen=True)
+class Range:
+    """The valid values of a numeric field, declared in its type: ``Annotated[int, Range(ge=1)]``.
+    Floats must also be finite."""
+
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+
+    def allows(self, v) -> bool:
+        return (
+            (self.gt is None or v > self.gt)
+            and (self.ge is None or v >= self.ge)
+            and (self.lt is None or v < self.lt)
+            and (self.le is None or v <= self.le)
+        )
+
+    def __str__(self) -> str:
+        parts = [(">", self.gt), (">=", self.ge), ("<", self.lt), ("<=", self.le)]
+        return " and ".join(f"{op} {b:g}" for op, b in parts if b is not None)
+
+
+Count = Annotated[int, Range(ge=1)]  # 1, 2, ...
+Size = Annotated[int, Range(ge=0)]  # 0, 1, ... (0 usually means "off" or "all")
+Positive = Annotated[float, Range(gt=0)]
+NonNegative = Annotated[float, Range(ge=0)]
+Share = Annotated[float, Range(ge=0, le=1)]
+GroupSize = Annotated[int, Range(ge=2)]
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     name_or_path: str = "tiny"  # "tiny" = embedded default built offline; else HF id or local dir
     device: str = "auto"  # "auto" = cuda if available, else cpu; or any torch device string
-    dtype: Literal["float32", "bfloat16"] = (
-        "float32"  # dtype a checkpoint is loaded in (bfloat16 needs train.precision=bf16-mixed: fp32 master weights)
-    )
-    gradient_checkpointing: bool = (
-        False  # recompute each decoder layer in the backward (training forwards only)
-    )
-    hidden_size: int = 128  # tiny model: width
-    num_layers: int = 4  # tiny model: decoder layers
-    num_heads: int = 4  # tiny model: attention heads
-    intermediate_size: int = 512  # tiny model: MLP width
-    init_seed: int = 0  # seed of the tiny model's initialisation and warm start (not the run seed)
-    warmstart_steps: int = 1200  # supervised steps on the task's train data before RL (0 = none)
-    warmstart_lr: float = 3e-3  # AdamW learning rate of the warm start
-    warmstart_batch: int = 64  # examples per warm-start step
+    # dtype a checkpoint is loaded in; bfloat16 needs train.precision=bf16-mixed (fp32 master)
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    gradient_checkpointing: bool = False  # recompute each decoder layer in the backward
+    hidden_size: Count = 128  # tiny model: width
+    num_layers: Count = 4  # tiny model: decoder layers
+    num_heads: Count = 4  # tiny model: attention heads
+    intermediate_size: Count = 512  # tiny model: MLP width
+    init_seed: Size = 0  # seed of the tiny model's initialisation and warm start (not the run seed)
+    warmstart_steps: Size = 1200  # supervised steps on the task's train data before RL (0 = none)
+    warmstart_lr: Positive = 3e-3  # AdamW learning rate of the warm start
+    warmstart_batch: Count = 64  # examples per warm-start step
 
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    k: int = 4  # completions per prompt (group size)
-    max_new_tokens: int = 6  # completion budget; longer completions are cut (clip_ratio)
-    temperature: float = 1.0  # sampling temperature of rollouts
-    top_p: float = 1.0  # nucleus sampling of rollouts
+    k: GroupSize = 4  # completions per prompt (group size)
+    max_new_tokens: Count = 6  # completion budget; longer completions are cut (clip_ratio)
+    temperature: Positive = 1.0  # sampling temperature of rollouts
+    top_p: Annotated[float, Range(gt=0, le=1)] = 1.0  # nucleus sampling of rollouts
     # where completions come from (bench/sources.py); dataset = the task's preference pairs (k=2)
     source: Literal["policy", "reference", "mixture", "uniform", "dataset"] = "policy"
-    mixture: float = 0.5  # source=mixture: share of each group drawn from the reference
-    replay_ratio: float = 0.0  # share of each group taken from earlier completions of the prompt
+    mixture: Share = 0.5  # source=mixture: share of each group drawn from the reference
+    # share of each group taken from earlier completions of the same prompt
+    replay_ratio: Annotated[float, Range(ge=0, lt=1)] = 0.0
     engine: Literal["hf", "vllm"] = "hf"  # rollouts from HF generate, or a vLLM engine (GPUs)
-    vllm_gpu_memory_utilization: float = 0.5  # engine=vllm: share of GPU memory for the engine
-    vllm_tensor_parallel_size: int = 1  # engine=vllm: GPUs per engine
+    # engine=vllm: share of GPU memory for the engine
+    vllm_gpu_memory_utilization: Annotated[float, Range(gt=0, le=1)] = 0.5
+    vllm_tensor_parallel_size: Count = 1  # engine=vllm: GPUs per engine
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 40  # rollout batches (one optimiser update each unless epochs/minibatches > 1)
-    prompts_per_step: int = 16  # prompts per rollout batch (B = prompts_per_step * k)
-    prompt_pool: int = 0  # RL on the first N train prompts only (0 = all): makes prompts recur
+    steps: Count = 40  # rollout batches (one optimiser update each unless epochs/minibatches > 1)
+    prompts_per_step: Count = 16  # prompts per rollout batch (B = prompts_per_step * k)
+    prompt_pool: Size = 0  # RL on the first N train prompts only (0 = all): makes prompts recur
     optimizer: Literal["adamw", "sgd"] = "adamw"  # sgd: plain gradient steps (tabular fixed points)
-    lr: float = 2e-4  # learning rate, constant after warm-up unless schedule says otherwise
-    warmup_steps: int = 0  # linear learning-rate warm-up, in optimiser steps
-    schedule: Literal["constant", "linear"] = (
-        "constant"  # after warm-up: constant, or linear decay to 0
-    )
-    weight_decay: float = 0.0  # AdamW weight decay
-    max_grad_norm: float = 1.0  # gradient clipping (norm logged before clipping)
-    epochs: int = 1  # passes over each rollout batch
-    minibatches: int = 1  # optimiser steps per pass; minibatches hold whole groups
-    micro_batch_tokens: int = 0  # token budget of one forward/backward; the gradient is accumulated exactly (0 = whole minibatch)
-    precision: Literal["fp32", "bf16-mixed"] = (
-        "fp32"  # bf16-mixed: fp32 master weights and AdamW, bf16 autocast compute
-    )
-    logprob_chunk: int = (
-        0  # LM head + log-softmax over this many tokens at a time, checkpointed (0 = all at once)
-    )
-    threads: int = 0  # torch threads (0 = leave torch's default)
+    lr: Positive = 2e-4  # learning rate, constant after warm-up unless schedule says otherwise
+    warmup_steps: Size = 0  # linear learning-rate warm-up, in optimiser steps
+    schedule: Literal["constant", "linear"] = "constant"  # after warm-up: constant or linear to 0
+    weight_decay: NonNegative = 0.0  # AdamW weight decay
+    max_grad_norm: Positive = 1.0  # gradient clipping (norm logged before clipping)
+    epochs: Count = 1  # passes over each rollout batch
+    minibatches: Count = 1  # optimiser steps per pass; minibatches hold whole groups
+    # token budget of one forward/backward; the gradient is accumulated exactly (0 = whole minibatch)
+    micro_batch_tokens: Size = 0
+    # bf16-mixed: fp32 master weights and AdamW, bf16 autocast compute
+    precision: Literal["fp32", "bf16-mixed"] = "fp32"
+    logprob_chunk: Size = 0  # LM head + log-softmax on N tokens at a time, checkpointed (0 = all)
+    max_skipped_steps: Count = 3  # stop FAILED after this many consecutive non-finite steps
+    # keep a copy of the weights and optimiser state during each step, to undo a non-finite one
+    undo_nonfinite: bool = True
+    threads: Size = 0  # torch threads (0 = leave torch's default)
     save_checkpoint: bool = False  # save the final policy under results/checkpoints/<run_id>
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    every: int = 10  # evaluate every N training steps (and at step 0 and the last step)
-    max_prompts: int = 400  # eval prompts used (first N of the task's eval split)
-    k: int = 4  # sampled completions per prompt for avg@k / maj@k / pass@k
-    temperature: float = 1.0  # temperature of the sampled eval (greedy accuracy uses none)
+    every: Count = 10  # evaluate every N training steps (and at step 0 and the last step)
+    max_prompts: Count = 400  # eval prompts used (first N of the task's eval split)
+    k: Size = 4  # sampled completions per prompt for avg@k / maj@k / pass@k (0 = greedy only)
+    temperature: Positive = 1.0  # temperature of the sampled eval (greedy accuracy uses none)
 
 
 @dataclass(frozen=True)
 class TrackingConfig:
     uri: str = ""  # MLflow tracking URI; "" = $MLFLOW_TRACKING_URI or sqlite under results/
     experiment: str = "default"  # MLflow experiment name
-    log_samples: int = 32  # completions per logged step kept in samples.jsonl (0 = none)
+    log_samples: Size = 32  # completions per logged step kept in samples.jsonl (0 = none)
 
 
 @dataclass(frozen=True)
 class CompareConfig:
     algorithms: list[str] = field(default_factory=lambda: ["gvpo", "grpo", "dr_grpo", "dpo", "ppo"])
-    seeds: int = 3  # seeds 0..N-1 per algorithm
+    seeds: Count = 3  # seeds 0..N-1 per algorithm
 
 
 @dataclass(frozen=True)
 class RunConfig:
     algorithm: str = "gvpo"  # registry key of algorithms/<name>.py
     task: str = "arithmetic"  # registry key of tasks/<name>.py
-    seed: int = 0  # run seed: prompt order, sampling, dropout
+    seed: Size = 0  # run seed: prompt order, sampling, dropout
     run_name: str = ""  # "" = task__algorithm__seed
     model: ModelConfig = field(default_factory=ModelConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -207,12 +238,15 @@ def _merge(base: dict, top: dict) -> dict:
 
 
 def _load_preset(path: Path, src: _Source, depth: int = 0) -> dict:
-    data = _read_yaml(path, src)
+    """The preset merged over the one it inherits; each key blamed on the file that set it last."""
+    own = _Source()
+    data = _read_yaml(path, own)
     parent = data.pop("inherit", None)
     if parent is not None:
         if depth > 8:
             raise BenchError(f"{path}: 'inherit' chain is too deep (a cycle?)")
         data = _merge(_load_preset(resolve_preset(str(parent)), src, depth + 1), data)
+    src.where.update(own.where)  # the inheriting file's lines win
     return data
 
 
@@ -240,6 +274,13 @@ def _apply_override(data: dict, text: str, src: _Source) -> None:
 def _coerce(value: Any, tp: Any, path: tuple[str, ...], src: _Source) -> Any:
     key = ".".join(path)
     origin = typing.get_origin(tp)
+    if origin is Annotated:  # a numeric field with its valid range
+        base, *meta = typing.get_args(tp)
+        value = _coerce(value, base, path, src)
+        for m in meta:
+            if isinstance(m, Range) and not m.allows(value):
+                raise BenchError(f"{src.of(path)}: '{key}' must be {m}, got {value!r}")
+        return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise BenchError(f"{src.of(path)}: '{key}' must be a section (mapping)")
@@ -271,14 +312,15 @@ def _coerce(value: Any, tp: Any, path: tuple[str, ...], src: _Source) -> Any:
             raise BenchError(f"{src.of(path)}: '{key}' must be an integer, got {value!r}")
         return value
     if tp is float:
+        number = value
         if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, int | float):
+            with contextlib.suppress(ValueError):
+                number = float(value)
+        if isinstance(number, bool) or not isinstance(number, int | float):
             raise BenchError(f"{src.of(path)}: '{key}' must be a number, got {value!r}")
-        return float(value)
+        if not math.isfinite(number):
+            raise BenchError(f"{src.of(path)}: '{key}' must be a finite number, got {value!r}")
+        return float(number)
     if tp is str:
         return str(value)
     return value
@@ -287,7 +329,7 @@ def _coerce(value: Any, tp: Any, path: tuple[str, ...], src: _Source) -> Any:
 def build_dataclass(cls: type, data: dict, path: tuple[str, ...] = (), src: _Source | None = None):
     """cls(**data) with every key checked and every value coerced to its declared type."""
     src = src or _Source()
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for k, v in data.items():
@@ -394,6 +436,21 @@ def flatten(cfg: RunConfig) -> dict[str, Any]:
     for k, v in dataclasses.asdict(cfg.task_config()).items():
         out[f"task.{k}"] = v
     return out
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """What a run computes, as a short hash (tag ``bench.config``): the resolved config less how
+    it is executed and where it is logged (threads, tracking, run name)."""
+    import hashlib
+
+    same = dataclasses.replace(
+        cfg,
+        train=dataclasses.replace(cfg.train, threads=0),
+        tracking=TrackingConfig(),
+        run_name="",
+        compare=CompareConfig(),
+    )
+    return hashlib.sha256(to_yaml(same).encode()).hexdigest()[:16]
 
 
 def to_yaml(cfg: RunConfig) -> str:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 
 import torch
 
 from bench.config import EvalConfig, SamplingConfig
-from bench.core.generation import Sampler
+from bench.core.generation import Generation, Sampler
+from bench.core.progress import bar
 
 
 def majority(answers: list[str]) -> str:
@@ -15,27 +17,61 @@ def majority(answers: list[str]) -> str:
     return Counter(a.strip() for a in answers).most_common(1)[0][0]
 
 
+def in_calls(sampler: Sampler, prompts: list[str], k: int, progress, generate) -> Generation:
+    """``generate(prompts)`` in calls of as many prompts as the sampler decodes at once (the
+    same draws as one call), reporting each call's prompts to ``progress``."""
+    per_call = max(1, getattr(sampler, "batch_size", 512) // max(k, 1))
+    parts = []
+    for s in range(0, len(prompts), per_call):
+        parts.append(generate(prompts[s : s + per_call]))
+        if progress is not None:
+            progress(len(prompts[s : s + per_call]))
+    return Generation.cat(parts)
+
+
 def evaluate(
-    model, tokenizer, task, sampler: Sampler, ecfg: EvalConfig, scfg: SamplingConfig, *, seed: int
+    model,
+    tokenizer,
+    task,
+    sampler: Sampler,
+    ecfg: EvalConfig,
+    scfg: SamplingConfig,
+    *,
+    seed: int,
+    progress: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
-    """Metrics named ``eval/<task>/<metric>``. Unscorable answers count as wrong and are counted."""
+    """Metrics named ``eval/<task>/<metric>``. Unscorable answers count as wrong and are counted.
+    ``progress(n)`` is told each time n more problems are done (greedy, then sampled)."""
     rows = task.eval_rows()[: ecfg.max_prompts]
     prompts = [r["prompt"] for r in rows]
-    greedy = sampler.generate(model, tokenizer, prompts, 1, scfg.max_new_tokens, greedy=True)
+    budget = scfg.max_new_tokens
+    greedy = in_calls(
+        sampler,
+        prompts,
+        1,
+        progress,
+        lambda p: sampler.generate(model, tokenizer, p, 1, budget, greedy=True),
+    )
     ok = [task.is_correct(c, r) for c, r in zip(greedy.texts, rows, strict=True)]
     metrics = {"accuracy": sum(bool(x) for x in ok) / len(rows)}
     unscorable = sum(x is None for x in ok)
     if ecfg.k > 0:
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            sampled = sampler.generate(
-                model,
-                tokenizer,
+            sampled = in_calls(
+                sampler,
                 prompts,
                 ecfg.k,
-                scfg.max_new_tokens,
-                temperature=ecfg.temperature,
-                top_p=scfg.top_p,
+                progress,
+                lambda p: sampler.generate(
+                    model,
+                    tokenizer,
+                    p,
+                    ecfg.k,
+                    budget,
+                    temperature=ecfg.temperature,
+                    top_p=scfg.top_p,
+                ),
             )
         k = ecfg.k
         per_prompt = [sampled.texts[i * k : (i + 1) * k] for i in range(len(rows))]
@@ -109,7 +145,19 @@ def evaluate_model(
         ecfg = EvalConfig(max_prompts=limit or 10**9, k=k, temperature=temperature)
         scfg = SamplingConfig(max_new_tokens=max_new_tokens, engine=engine)
         sampler = sampler or make_sampler(scfg, seed)  # one engine for every task
-        results |= evaluate(model, tokenizer, task, sampler, ecfg, scfg, seed=seed)
+        n = min(len(task.eval_rows()), ecfg.max_prompts) * (2 if k > 0 else 1)
+        with bar() as progress:
+            job = progress.add_task(f"eval {task.name}", total=n, info="problems (greedy, sampled)")
+            results |= evaluate(
+                model,
+                tokenizer,
+                task,
+                sampler,
+                ecfg,
+                scfg,
+                seed=seed,
+                progress=lambda done, job=job: progress.update(job, advance=done),
+            )
     if model is None:
         raise BenchError("bench eval needs at least one task (--tasks gsm8k,math500)")
     if lm_eval:  # the same tasks through lm-evaluation-harness: greedy, same token budget

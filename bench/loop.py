@@ -20,7 +20,7 @@ import torch
 from rich.markup import escape
 
 from algorithms import ALGORITHMS
-from bench.config import RunConfig, flatten, to_yaml
+from bench.config import RunConfig, config_hash, flatten, to_yaml
 from bench.core.errors import BenchError
 from bench.core.generation import Generation, Sampler, Source
 from bench.core.paths import results_dir
@@ -76,8 +76,13 @@ class Run:
 
 
 def train_pool(cfg: RunConfig, task: Task) -> list[dict]:
-    """The rows RL draws prompts from (offline: the task's preference pairs)."""
+    """The rows RL draws prompts from (offline: the task's preference pairs). Checked, with the
+    eval split, before anything is logged: a data problem leaves no FAILED run behind."""
+    if not task.eval_rows():
+        raise BenchError(f"task '{task.name}' has no eval rows")
     rows = task.preference_rows() if cfg.sampling.source == "dataset" else task.train_rows()
+    if not rows:
+        raise BenchError(f"task '{task.name}' has no train rows")
     pool = rows[: cfg.train.prompt_pool] if cfg.train.prompt_pool else rows
     if len(pool) < cfg.train.prompts_per_step:  # checked before anything is logged
         raise BenchError(
@@ -112,6 +117,7 @@ def set_up(cfg: RunConfig, sampler: Sampler | None, tracking_uri: str | None, ta
         "model.cache": info["cache"],
         "model.n_params": str(n_params(policy)),
         "algorithm.source": algo.source,
+        "bench.config": config_hash(cfg),
     }
     uri = resolve_uri(tracking_uri or cfg.tracking.uri)
     tracker = Tracker(uri, cfg.tracking.experiment, cfg.name, flatten(cfg), tags)
@@ -258,6 +264,9 @@ def train(
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
+        raise
+    except Exception as e:  # the reason, in one line, next to the FAILED status
+        run.tracker.set_tags({"bench.end": (str(e).splitlines() or [type(e).__name__])[0][:500]})
         raise
     finally:
         finish(run, status)

@@ -9,7 +9,6 @@ import functools
 
 import torch
 from torch.utils.checkpoint import checkpoint
-from transformers.modeling_layers import GradientCheckpointingLayer
 
 
 def enable_checkpointing(model) -> int:
@@ -19,6 +18,8 @@ def enable_checkpointing(model) -> int:
     off) and leaves the model's KV cache alone: a layer is checkpointed only when gradients are
     being taken and no cache is passed, so sampling and no-grad forwards run as before (the
     sampler keeps its KV cache). Returns the number of layers wrapped."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
     layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
     for layer in layers:
         layer.forward = _checkpointed(layer.forward)

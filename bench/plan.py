@@ -146,6 +146,8 @@ def memory_rows(cfg: RunConfig, s: Shape, w: Workload, needs_ref: bool) -> list[
             3 * 4 * s.vocab * (chunk or scored),
         ),
     ]
+    if cfg.train.undo_nonfinite:  # StepUndo's copy while a step runs
+        rows.append(("copy to undo a non-finite step", (4 + (8 if adam else 0)) * n / shard))
     if cfg.sampling.engine == "vllm":
         rows.append(
             ("vLLM engine share", cfg.sampling.vllm_gpu_memory_utilization * w.gpu_memory_gb * GB)

@@ -17,6 +17,7 @@ from torch import Tensor
 from transformers import PreTrainedModel
 from transformers.generation.logits_process import TopPLogitsWarper
 
+from bench.core.errors import NonFinite
 from bench.core.generation import finish_generation, prompt_tensors
 from bench.logprobs import chunked_logps
 from bench.packing import can_pack, packed_outputs
@@ -105,7 +106,10 @@ def multinomial_one(probs: Tensor, live: Tensor | None = None, n_rows: int = 0) 
     same tokens (tested), 2.6x faster (torch's CPU ``exponential_`` costs 0.33 ms for 64 x 258).
     With ``live``, probs are rows ``live`` of an n_rows batch: the draw of those rows."""
     if not bool(((probs >= 0) & (probs < torch.inf)).all()):  # also False for NaN
-        raise ValueError("probability tensor contains either `inf`, `nan` or element < 0")
+        raise NonFinite(
+            "the policy's next-token probabilities contain inf, nan or values < 0 "
+            "(non-finite weights or logits: a lower train.lr or train.max_grad_norm?)"
+        )
     shape = probs.shape if live is None else (n_rows, probs.shape[1])
     u = torch.rand(shape, dtype=torch.float64, device=probs.device)
     u = u if live is None else u[live]

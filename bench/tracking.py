@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import subprocess
 import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from bench.core.errors import BenchError
 from bench.core.paths import results_dir
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # no INFO lines when a store is created
 
 
 def default_uri() -> str:
@@ -54,10 +57,94 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def process_tags() -> dict[str, str]:
+    """Who runs this: the host and pid (dead runs are found by them), a heartbeat."""
+    return {
+        "bench.host": socket.gethostname(),
+        "bench.pid": str(os.getpid()),
+        "bench.heartbeat": str(int(time.time())),
+    }
+
+
 def client(uri: str):
+    """An MLflow client on a store that exists, is readable, and tells the truth about its runs
+    (see ``open_store``)."""
     from mlflow.tracking import MlflowClient
 
+    open_store(uri)
     return MlflowClient(tracking_uri=uri)
+
+
+_OPENED: set[str] = set()
+
+
+def sqlite_path(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def open_store(uri: str) -> None:
+    """Once per process and URI: create and migrate a SQLite store under an inter-process file
+    lock (MLflow's first-time migrations race: two runs started together on a fresh folder can
+    corrupt it), turn an unreadable store into one line, and mark runs of this host whose
+    process is gone as KILLED."""
+    if uri in _OPENED:
+        return
+    from filelock import FileLock
+    from mlflow.tracking import MlflowClient
+
+    path = sqlite_path(uri)
+    lock = contextlib.nullcontext()
+    if path is not None:
+        _writable_folder(path.parent)
+        lock = FileLock(str(path) + ".lock", timeout=300)
+    try:
+        with lock:
+            c = MlflowClient(tracking_uri=uri)
+            c.search_experiments(max_results=1)  # creates and migrates the schema if needed
+            reap_dead_runs(c)
+    except BenchError:
+        raise
+    except Exception as e:  # sqlalchemy/MLflow errors: not a database, locked, read-only, ...
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise BenchError(f"tracking store {uri} cannot be used: {first}") from None
+    _OPENED.add(uri)
+
+
+def _writable_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BenchError(f"cannot create the results folder {folder}: {e.strerror}") from None
+    if not os.access(folder, os.W_OK):
+        raise BenchError(f"the results folder {folder} is not writable (BENCH_RESULTS moves it)")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_dead_runs(c) -> list[str]:
+    """RUNNING runs started on this host whose process is gone -> KILLED, tagged why."""
+    host = socket.gethostname()
+    exps = [e.experiment_id for e in c.search_experiments()]
+    if not exps:
+        return []
+    dead = []
+    for run in c.search_runs(exps, "attributes.status = 'RUNNING'", max_results=1000):
+        tags = run.data.tags
+        pid = tags.get("bench.pid")
+        if tags.get("bench.host") != host or not pid or not pid.isdigit() or _alive(int(pid)):
+            continue
+        c.set_tag(run.info.run_id, "bench.end", f"process {pid} on {host} was gone")
+        c.set_terminated(run.info.run_id, status="KILLED")
+        dead.append(run.info.run_id)
+    return dead
 
 
 def experiment_id(uri: str, name: str, create: bool = True) -> str | None:
@@ -85,7 +172,7 @@ class Tracker:
         self.uri = uri
         self.client = client(uri)
         exp = experiment_id(uri, experiment)
-        all_tags = {**git_info(), **package_versions(), **tags}
+        all_tags = {**git_info(), **package_versions(), **process_tags(), **tags}
         self.run_id = self.client.create_run(exp, run_name=run_name, tags=all_tags).info.run_id
         items = [Param(k, str(v)) for k, v in params.items()]
         for s in range(0, len(items), 100):
@@ -107,8 +194,9 @@ class Tracker:
 
     def flush(self) -> None:
         items, self._buffer = self._buffer, []
-        for s in range(0, len(items), 1000):
-            self.client.log_batch(self.run_id, metrics=items[s : s + 1000])
+        heartbeat = [self._RunTag("bench.heartbeat", str(int(time.time())))]
+        for s in range(0, max(len(items), 1), 1000):
+            self.client.log_batch(self.run_id, metrics=items[s : s + 1000], tags=heartbeat)
         self._last_flush = time.time()
 
     def set_tags(self, tags: dict[str, str]) -> None:

@@ -5,6 +5,7 @@ the learner reads its declared needs (``Algorithm.needs``, ``Algorithm.select``)
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from algorithms import Algorithm
 from bench.accumulate import accumulated_backward, micro_batches, row_tokens
 from bench.config import RunConfig
 from bench.core.batch import PolicyOutput, RolloutBatch, seq_sum
+from bench.core.errors import RunFailed
 from bench.core.generation import Generation
 from bench.precision import compute_precision
 from bench.rollout import model_device, token_logps
@@ -31,9 +33,22 @@ class Counters:
     skipped_steps: float = 0.0  # optimiser steps not applied (non-finite loss or gradient)
     empty_minibatches: float = 0.0  # minibatches with no row the loss uses (e.g. DPO, no pair)
     unscorable: float = 0.0  # completions the reward function could not score
+    skipped_in_a_row: int = 0  # consecutive skipped steps (not logged)
 
     def as_metrics(self) -> dict[str, float]:
-        return {f"perf/{k}": v for k, v in dataclasses.asdict(self).items()}
+        totals = dataclasses.asdict(self)
+        totals.pop("skipped_in_a_row")
+        return {f"perf/{k}": v for k, v in totals.items()}
+
+    def record_step(self, applied: bool, max_in_a_row: int) -> None:
+        self.skipped_in_a_row = 0 if applied else self.skipped_in_a_row + 1
+        self.skipped_steps += 0 if applied else 1
+        if self.skipped_in_a_row >= max_in_a_row:
+            raise RunFailed(
+                f"{self.skipped_in_a_row} optimiser steps in a row gave a non-finite loss, "
+                "gradient or weights (each undone); the run stops: lower train.lr or "
+                "train.max_grad_norm"
+            )
 
 
 def minibatch_indices(group_ids: torch.Tensor, n: int, gen: torch.Generator) -> list[torch.Tensor]:
@@ -215,18 +230,57 @@ class Learner:
         return loss, metrics, out, with_behaviour(mb, out)
 
     def step(self, mb: RolloutBatch, counters: Counters) -> dict[str, float]:
-        """One optimiser step on a minibatch of whole groups."""
+        """One optimiser step on a minibatch of whole groups. A step whose loss or gradient is
+        non-finite is skipped, one whose weights come out non-finite is undone; both are counted,
+        and ``train.max_skipped_steps`` in a row stop the run (RunFailed)."""
         self.opt.zero_grad(set_to_none=True)
         loss, metrics, out, mb = self.backward(mb)
         gn = torch.nn.utils.clip_grad_norm_(self.parameters(), self.cfg.train.max_grad_norm).item()
-        if math.isfinite(gn) and math.isfinite(loss.item()):
+        applied = math.isfinite(gn) and math.isfinite(loss.item())
+        if applied:
+            undo = (
+                StepUndo(self.parameters(), self.opt, self.sched)
+                if self.cfg.train.undo_nonfinite
+                else None
+            )
             self.opt.step()
             self.sched.step()
-        else:  # counted, never silently applied
-            counters.skipped_steps += 1
-            self.opt.zero_grad(set_to_none=True)
+            applied = weights_finite(self.parameters())
+            if not applied and undo is None:
+                raise RunFailed(
+                    "an optimiser step made the weights non-finite (train.undo_nonfinite=false: not undone)"
+                )
+            if not applied:
+                undo.restore()
+        self.opt.zero_grad(set_to_none=True)
+        counters.record_step(applied, self.cfg.train.max_skipped_steps)
         counters.tokens_trained += mb.mask.sum().item()
         return metrics | step_metrics(mb, out, loss.item(), gn)
+
+
+def weights_finite(params: list[torch.Tensor]) -> bool:
+    """One reduction over all parameters (a sum is non-finite iff an element is)."""
+    norms = torch._foreach_norm([p.detach() for p in params], 1)
+    return bool(torch.isfinite(torch.stack(norms).sum()))
+
+
+class StepUndo:
+    """What an optimiser step changes (parameters, optimiser state, schedule), kept so that a
+    step whose weights come out non-finite can be taken back. Costs a copy of the weights and
+    the optimiser state while the step runs."""
+
+    def __init__(self, params, opt, sched):
+        self.params = params
+        self.weights = [p.detach().clone() for p in params]
+        self.opt, self.sched = opt, sched
+        self.state = copy.deepcopy(opt.state_dict())
+        self.sched_state = sched.state_dict()
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            torch._foreach_copy_(self.params, self.weights)
+        self.opt.load_state_dict(self.state)
+        self.sched.load_state_dict(self.sched_state)
 
 
 def step_metrics(mb: RolloutBatch, out: PolicyOutput, loss: float, grad_norm: float) -> dict:

@@ -56,6 +56,7 @@ class Collected:
     history: pd.DataFrame
     tasks: list[str]
     out: Path
+    unfinished: pd.DataFrame  # KILLED, FAILED and RUNNING runs: counted and listed, not used
 
     def task_runs(self, task: str) -> pd.DataFrame:
         return self.runs[self.runs["params.task"] == task]
@@ -69,6 +70,7 @@ def collect(experiment: str, uri: str, filter_string: str, out: Path) -> Collect
     runs = runs_frame(experiment, uri, filter_string)
     if runs.empty or "params.algorithm" not in runs:
         raise BenchError(f"experiment '{experiment}' has no runs to report")
+    unfinished = runs[runs["status"] != "FINISHED"]
     runs = latest_finished(runs)
     if runs.empty:
         raise BenchError(f"experiment '{experiment}' has no finished runs to report")
@@ -77,7 +79,18 @@ def collect(experiment: str, uri: str, filter_string: str, out: Path) -> Collect
     keys += list(COMPUTE_KEYS.values())
     history = history_frame(list(runs["run_id"]), keys, uri)
     out.mkdir(parents=True, exist_ok=True)
-    return Collected(experiment, uri, runs, history, tasks, out)
+    return Collected(experiment, uri, runs, history, tasks, out, unfinished)
+
+
+def runs_line(c: Collected) -> str:
+    """One line: what the report uses, and the unfinished runs it does not."""
+    line = f"Runs: {len(c.runs)} finished (newest per task x algorithm x seed) used"
+    if c.unfinished.empty:
+        return line
+    counts = c.unfinished["status"].value_counts()
+    names = ", ".join(c.unfinished["run_name"].astype(str))
+    parts = ", ".join(f"{n} {s}" for s, n in counts.items())
+    return f"{line}; {len(c.unfinished)} unfinished not used ({parts}): {names}"
 
 
 def build_report(
@@ -113,6 +126,7 @@ def build_report(
     write_html(c.out / "report.md")
     return {
         "dir": c.out,
+        "runs": runs_line(c),
         "summary": summary,
         "report": c.out / "report.md",
         "plots": [c.out / p for p in plots],
@@ -235,7 +249,8 @@ def markdown(c: Collected, summary, plots, stability, paired, perf) -> str:
         f"# Report: {c.experiment}",
         "",
         f"Tracking URI: `{c.uri}`  ",
-        f"Runs: {len(c.runs)} finished (newest per task x algorithm x seed), tasks: {', '.join(c.tasks)}",
+        f"{runs_line(c)}  ",
+        f"Tasks: {', '.join(c.tasks)}",
         "",
         "## Final eval metrics (mean over seeds, 95% t-interval)",
         "",

@@ -237,6 +237,8 @@ class MathTask(Task):
         return [{"prompt": self.prompt(r["problem"]), "answer": r["answer"]} for r in rows]
 
     def train_rows(self) -> list[dict]:
+        if not self._train and self.cfg.train_file:
+            raise BenchError(f"train file {self.cfg.train_file} of task '{self.name}' has no rows")
         if not self._train:
             raise BenchError(
                 f"task '{self.name}' is eval-only: train on gsm8k or math, evaluate on {self.name}"
@@ -244,6 +246,9 @@ class MathTask(Task):
         return self._rows(self._train)
 
     def eval_rows(self) -> list[dict]:
+        if not self._eval:
+            where = self.cfg.eval_file or "the bundled data"
+            raise BenchError(f"eval file {where} of task '{self.name}' has no rows")
         return self._rows(self._eval)
 
     def is_correct(self, completion: str, row: dict) -> bool | None:

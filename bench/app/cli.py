@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -11,11 +12,13 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from bench.core.errors import BenchError
+from bench.core.errors import BenchError, RunFailed
 from bench.core.progress import console
+from bench.core.signals import Terminated, terminate_as_interrupt
 
 app = typer.Typer(
     add_completion=False,
+    rich_markup_mode=None,  # help texts are plain: "[key=value ...]" is not markup
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="gvpo-bench: compare LLM post-training algorithms with one training loop.",
@@ -30,17 +33,44 @@ TrackingUri = Annotated[
 
 
 def user_errors(fn):
-    """Turn BenchError into one line on stderr and exit code 2 (no traceback)."""
+    """The error boundary of every command: a user's mistake is one line and exit 2, a failed
+    run one line and exit 1; ``--debug`` (or BENCH_DEBUG=1) shows the traceback instead."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except BenchError as e:
-            console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+        except (typer.Exit, KeyboardInterrupt):
+            raise
+        except Exception as e:
+            if os.environ.get("BENCH_DEBUG") == "1":
+                raise
+            line, code = error_line(e)
+            console.print(f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code) from None
 
     return wrapper
+
+
+def error_line(e: Exception) -> tuple[str, int]:
+    """(one line, exit code) for an exception that reached a command."""
+    if isinstance(e, BenchError):
+        return str(e), 2
+    if isinstance(e, RunFailed):
+        return str(e), 1
+    if isinstance(e, OSError) and e.strerror:  # disk full, permissions, a missing file
+        where = f" {e.filename}" if e.filename else ""
+        return f"cannot use{where}: {e.strerror}", 2
+    first = (str(e).strip().splitlines() or [""])[0][:300]
+    return f"internal error: {type(e).__name__}: {first} (--debug shows the traceback)", 1
+
+
+@app.callback()
+def options(
+    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks of errors")] = False,
+):
+    if debug:
+        os.environ["BENCH_DEBUG"] = "1"
 
 
 def _split(args: list[str] | None, default_preset: str | None) -> tuple[str | None, list[str]]:
@@ -54,7 +84,8 @@ def _split(args: list[str] | None, default_preset: str | None) -> tuple[str | No
 @user_errors
 def run(
     args: Annotated[
-        list[str] | None, typer.Argument(help="PRESET then key=value overrides")
+        list[str] | None,
+        typer.Argument(help="PRESET then key=value overrides", metavar="PRESET [KEY=VALUE]"),
     ] = None,
     tracking_uri: TrackingUri = None,
     dry_run: Annotated[
@@ -65,9 +96,8 @@ def run(
         ),
     ] = False,
 ):
-    """Train one run: bench run PRESET [key=value ...]."""
+    """Train one run: bench run PRESET key=value ..."""
     from bench.config import load_config
-    from bench.loop import train
 
     preset, overrides = _split(args, "arithmetic")
     cfg = load_config(preset, overrides)
@@ -82,6 +112,8 @@ def run(
             f"dry run of '{preset}' ok: config, data, template, reward and one {cfg.algorithm} step"
         )
         return
+    from bench.loop import train
+
     final = train(cfg, tracking_uri=tracking_uri)
     shown = {k: v for k, v in final.items() if k.startswith("eval/")}
     for k, v in shown.items():
@@ -95,23 +127,27 @@ def run(
 @user_errors
 def compare(
     args: Annotated[
-        list[str] | None, typer.Argument(help="[PRESET] then key=value overrides")
+        list[str] | None,
+        typer.Argument(help="[PRESET] then key=value overrides", metavar="[PRESET] [KEY=VALUE]"),
     ] = None,
     algorithms: Annotated[
         str | None, typer.Option(help="comma-separated, default: the preset's compare.algorithms")
     ] = None,
-    seeds: Annotated[int | None, typer.Option(help="seeds 0..N-1 per algorithm")] = None,
+    seeds: Annotated[int | None, typer.Option(min=1, help="seeds 0..N-1 per algorithm")] = None,
     workers: Annotated[
-        int, typer.Option(help="parallel runs (local processes, 1 torch thread each)")
+        int, typer.Option(min=1, help="parallel runs (local processes, 1 torch thread each)")
     ] = 2,
     vary: Annotated[
         str | None, typer.Option(help="also run each value of one key: sampling.replay_ratio=0,0.5")
     ] = None,
+    rerun: Annotated[
+        bool, typer.Option("--rerun", help="run again configurations that already finished")
+    ] = False,
     tracking_uri: TrackingUri = None,
 ):
-    """Every algorithm x seed on the preset's task, then the report: bench compare [PRESET]."""
-    from bench.app.compare import plan, run_all
-    from bench.config import load_config
+    """Every algorithm x seed on the preset's task, then the report: bench compare PRESET ..."""
+    from bench.app.compare import finished_configs, plan, run_all
+    from bench.config import config_hash, load_config
 
     preset, overrides = _split(args, "arithmetic")
     if algorithms:
@@ -131,6 +167,15 @@ def compare(
     for extra in variants:
         cfg = load_config(preset, [*overrides, *extra])
         cfgs += plan(cfg, cfg.compare.algorithms, cfg.compare.seeds, threads)
+    if not rerun:
+        done = finished_configs(cfgs, tracking_uri)
+        todo = [c for c in cfgs if config_hash(c) not in done]
+        if len(todo) < len(cfgs):
+            console.print(
+                f"{len(cfgs) - len(todo)} of {len(cfgs)} runs already finished in this store: "
+                "reported, not run again (--rerun runs them)"
+            )
+        cfgs = todo
     outcomes = run_all(cfgs, workers, tracking_uri)
     _report_and_exit(outcomes, cfg.tracking.experiment, tracking_uri, cfg.compare.algorithms[0])
 
@@ -139,12 +184,13 @@ def compare(
 @user_errors
 def sweep(
     args: Annotated[
-        list[str] | None, typer.Argument(help="PRESET then key=value overrides")
+        list[str] | None,
+        typer.Argument(help="PRESET then key=value overrides", metavar="PRESET [KEY=VALUE]"),
     ] = None,
     grid: Annotated[
         list[str] | None, typer.Option(help="key=v1,v2 or key=0..4; repeat per key")
     ] = None,
-    workers: Annotated[int, typer.Option(help="parallel runs (local processes)")] = 2,
+    workers: Annotated[int, typer.Option(min=1, help="parallel runs (local processes)")] = 2,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="print the plan and what is already done")
     ] = False,
@@ -180,13 +226,14 @@ def sweep(
 @user_errors
 def theory(
     args: Annotated[
-        list[str] | None, typer.Argument(help="[PRESET] then key=value overrides")
+        list[str] | None,
+        typer.Argument(help="[PRESET] then key=value overrides", metavar="[PRESET] [KEY=VALUE]"),
     ] = None,
     sources: Annotated[
         str, typer.Option(help="comma-separated sampling sources")
     ] = "policy,reference,uniform,mixture",
-    seeds: Annotated[int, typer.Option(help="seeds 0..N-1 per algorithm and source")] = 2,
-    workers: Annotated[int, typer.Option(help="parallel runs (local processes)")] = 2,
+    seeds: Annotated[int, typer.Option(min=1, help="seeds 0..N-1 per algorithm and source")] = 2,
+    workers: Annotated[int, typer.Option(min=1, help="parallel runs (local processes)")] = 2,
     tracking_uri: TrackingUri = None,
 ):
     """Each algorithm's fixed point on the bandit under each sampling source: bench theory."""
@@ -233,6 +280,7 @@ def _report_and_exit(
 
     result = build_report(experiment, tracking_uri, reference=reference)
     _print_summary(result["summary"])
+    console.print(result["runs"], highlight=False)
     console.print(f"report: {result['report']}")
     failed = [o for o in outcomes if o.error]
     if failed:
@@ -260,7 +308,10 @@ def _print_summary(summary) -> None:
 
 
 def print_plan(cfg, workload) -> bool:
-    """The memory and compute tables of ``cfg``; True if it fits."""
+    """The memory and compute tables of ``cfg`` on stdout (a verdict that it does not fit on
+    stderr, as an error); True if it fits."""
+    from rich.console import Console
+
     from algorithms import ALGORITHMS
     from bench.plan import GB, make_plan
 
@@ -274,15 +325,19 @@ def print_plan(cfg, workload) -> bool:
     for item, size in p.memory:
         table.add_row(escape(item), f"{size / GB:.2f}")
     table.add_row("[bold]total[/bold]", f"[bold]{p.total / GB:.2f}[/bold]")
-    console.print(table)
+    out = Console()
+    out.print(table)
     flops = ", ".join(f"{k} {v / 1e12:,.1f}" for k, v in p.flops.items())
-    console.print(f"TFLOP per step: {flops}", highlight=False)
-    console.print(
+    out.print(f"TFLOP per step: {flops}", highlight=False)
+    out.print(
         f"{cfg.train.steps} steps: {p.gpu_hours:,.1f} GPU-hours at {w.utilization:.0%} of "
         f"{w.gpu_tflops:g} TFLOP/s",
         highlight=False,
     )
-    console.print(p.verdict if p.fits else f"[red]error:[/red] {p.verdict}", highlight=False)
+    if p.fits:
+        out.print(p.verdict, highlight=False)
+    else:
+        console.print(f"[red]error:[/red] {p.verdict}", highlight=False)
     return p.fits
 
 
@@ -291,7 +346,7 @@ def print_plan(cfg, workload) -> bool:
 def plan_(
     args: Annotated[
         list[str] | None,
-        typer.Argument(help="PRESET then key=value overrides", metavar="PRESET [KEY=VALUE]..."),
+        typer.Argument(help="PRESET then key=value overrides", metavar="PRESET [KEY=VALUE]"),
     ] = None,
     gpus: Annotated[int, typer.Option(min=1, help="GPUs of one run (FSDP shards over them)")] = 1,
     gpu_memory: Annotated[float, typer.Option(min=1, help="GB of memory per GPU")] = 80.0,
@@ -319,10 +374,14 @@ def eval_(
         str, typer.Argument(help="HF model id or checkpoint folder ('tiny' = untrained tiny model)")
     ],
     tasks: Annotated[str, typer.Option(help="comma-separated, e.g. math500,aime24,gsm8k")],
-    k: Annotated[int, typer.Option(help="samples per problem for avg@k / maj@k / pass@k")] = 4,
-    max_new_tokens: Annotated[int, typer.Option(help="completion budget")] = 512,
-    limit: Annotated[int, typer.Option(help="first N problems of each task (0 = all)")] = 0,
-    temperature: Annotated[float, typer.Option(help="sampling temperature of the k samples")] = 1.0,
+    k: Annotated[
+        int, typer.Option(min=1, help="samples per problem for avg@k / maj@k / pass@k")
+    ] = 4,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="completion budget")] = 512,
+    limit: Annotated[int, typer.Option(min=0, help="first N problems of each task (0 = all)")] = 0,
+    temperature: Annotated[
+        float, typer.Option(min=1e-6, help="sampling temperature of the k samples")
+    ] = 1.0,
     seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
     template: Annotated[
         str, typer.Option(help="math prompt template: base, qwen_math or chat")
@@ -365,13 +424,13 @@ def train_rm(
     task: Annotated[
         str, typer.Option(help="task whose preference pairs train the model")
     ] = "hh_rlhf",
-    steps: Annotated[int, typer.Option(help="optimiser steps")] = 300,
-    batch: Annotated[int, typer.Option(help="pairs per step")] = 32,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate")] = 1e-3,
+    steps: Annotated[int, typer.Option(min=1, help="optimiser steps")] = 300,
+    batch: Annotated[int, typer.Option(min=1, help="pairs per step")] = 32,
+    lr: Annotated[float, typer.Option(min=1e-12, max=10.0, help="AdamW learning rate")] = 1e-3,
     model: Annotated[
         str, typer.Option(help="'tiny' or a HF id / folder for the backbone")
     ] = "tiny",
-    max_length: Annotated[int, typer.Option(help="tokens of prompt + response kept")] = 256,
+    max_length: Annotated[int, typer.Option(min=2, help="tokens of prompt + response kept")] = 256,
     pandalm: Annotated[
         bool, typer.Option("--pandalm", help="also score PandaLM's human-labelled pairs")
     ] = False,
@@ -412,6 +471,7 @@ def report(
 
     result = build_report(experiment, tracking_uri, out, filter, reference)
     _print_summary(result["summary"])
+    console.print(result["runs"], highlight=False)
     console.print(f"report: {result['report']}")
 
 
@@ -434,8 +494,26 @@ def list_():
 
 
 def main() -> None:
+    terminate_as_interrupt()  # SIGTERM ends a run KILLED, as Ctrl-C does
     try:
-        app()
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.TyperException as e:  # click's usage errors: a bad option, command or value
+        message = e.format_message() if hasattr(e, "format_message") else str(e)
+        if type(e).__name__ == "NoArgsIsHelpError":  # `bench` alone: the help
+            console.print(message, highlight=False)
+            sys.exit(0)
+        param = getattr(e, "param", None)
+        where = f"{param.opts[0] if getattr(param, 'opts', None) else ''}: " if param else ""
+        console.print(
+            f"[red]error:[/red] {escape(where + message.splitlines()[0])}", highlight=False
+        )
+        sys.exit(getattr(e, "exit_code", 2))
+    except Terminated:
+        console.print("terminated")
+        sys.exit(143)
     except KeyboardInterrupt:
         console.print("interrupted")
         sys.exit(130)

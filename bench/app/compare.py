@@ -41,6 +41,23 @@ def theory_plan(
     ]
 
 
+def finished_configs(cfgs: list[RunConfig], tracking_uri: str | None) -> set[str]:
+    """Config hashes (tag ``bench.config``) of ``cfgs`` that already have a FINISHED run."""
+    from bench.tracking import client
+
+    uri = resolve_uri(tracking_uri)
+    c = client(uri)
+    ids = [
+        e.experiment_id
+        for name in {cfg.tracking.experiment for cfg in cfgs}
+        if (e := c.get_experiment_by_name(name)) is not None
+    ]
+    if not ids:
+        return set()
+    runs = c.search_runs(ids, "attributes.status = 'FINISHED'", max_results=10_000)
+    return {r.data.tags.get("bench.config", "") for r in runs}
+
+
 def _run_one(cfg: RunConfig, tracking_uri: str | None, tags: dict | None) -> dict:
     from bench.loop import train
 
@@ -65,24 +82,29 @@ def run_all(
         {(resolve_uri(tracking_uri or c.tracking.uri), c.tracking.experiment) for c in cfgs}
     ):
         experiment_id(uri, exp)
+    tags = tags or [{} for _ in cfgs]
+    # the whole label on the console: the run name and, in a sweep, the point (beta=0.1, ...)
+    names = [
+        " ".join(x for x in (c.name, t.get("sweep.point", "")) if x)
+        for c, t in zip(cfgs, tags, strict=True)
+    ]
     outcomes: list[Outcome | None] = [None] * len(cfgs)
     with bar() as progress:
         job = progress.add_task("runs", total=len(cfgs), info="")
         for i, final, err in LocalExecutor(workers).map(
-            _run_one,
-            [(c, tracking_uri, t) for c, t in zip(cfgs, tags or [None] * len(cfgs), strict=True)],
+            _run_one, [(c, tracking_uri, t) for c, t in zip(cfgs, tags, strict=True)]
         ):
-            outcomes[i] = Outcome(cfgs[i].name, final, err)
+            outcomes[i] = Outcome(names[i], final, err)
             if err:
                 console.print(
-                    f"[red]run {escape(cfgs[i].name)} failed:[/red] {err.splitlines()[0]}"
+                    f"[red]run {escape(names[i])} failed:[/red] {escape(err.splitlines()[0])}"
                 )
             else:
                 acc = {k: v for k, v in final.items() if k.endswith("/accuracy")}
                 shown = ", ".join(f"{k} {v:.3f}" for k, v in acc.items())
                 console.print(
-                    f"done {escape(cfgs[i].name)}: {shown} ({final['perf/wall_s']:.0f} s)",
+                    f"done {escape(names[i])}: {shown} ({final['perf/wall_s']:.0f} s)",
                     highlight=False,
                 )
-            progress.update(job, advance=1, info=escape(cfgs[i].name))
+            progress.update(job, advance=1, info=escape(names[i]))
     return [o for o in outcomes if o is not None]
