@@ -12,9 +12,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from bench.core import signals
 from bench.core.errors import BenchError, RunFailed
 from bench.core.progress import console
-from bench.core.signals import Terminated, terminate_as_interrupt
+from bench.core.signals import terminate_as_interrupt
 
 app = typer.Typer(
     add_completion=False,
@@ -496,27 +497,34 @@ def list_():
 def main() -> None:
     terminate_as_interrupt()  # SIGTERM ends a run KILLED, as Ctrl-C does
     try:
+        code = _invoke()
+    except KeyboardInterrupt:
+        if signals.received["SIGTERM"]:
+            console.print("terminated")
+            sys.exit(143)
+        console.print("interrupted")
+        sys.exit(130)
+    sys.exit(code)
+
+
+def _invoke() -> int:
+    """Run the app; a usage error is one line and exit 2."""
+    try:
         code = app(standalone_mode=False)
-        sys.exit(code if isinstance(code, int) else 0)
+        if code == 130:  # typer returns its answer to KeyboardInterrupt (SIGINT, our SIGTERM)
+            raise KeyboardInterrupt
+        return code if isinstance(code, int) else 0
     except typer.Exit as e:
-        sys.exit(e.exit_code)
+        if e.exit_code == 130:  # typer's own answer to KeyboardInterrupt (SIGINT or our SIGTERM)
+            raise KeyboardInterrupt from None
+        return e.exit_code
     except typer.TyperException as e:  # click's usage errors: a bad option, command or value
         message = e.format_message() if hasattr(e, "format_message") else str(e)
         if type(e).__name__ == "NoArgsIsHelpError":  # `bench` alone: the help
-            console.print(message, highlight=False)
-            sys.exit(0)
-        param = getattr(e, "param", None)
-        where = f"{param.opts[0] if getattr(param, 'opts', None) else ''}: " if param else ""
-        console.print(
-            f"[red]error:[/red] {escape(where + message.splitlines()[0])}", highlight=False
-        )
-        sys.exit(getattr(e, "exit_code", 2))
-    except Terminated:
-        console.print("terminated")
-        sys.exit(143)
-    except KeyboardInterrupt:
-        console.print("interrupted")
-        sys.exit(130)
+            console.print(message, highlight=False, markup=False)
+            return 0
+        console.print(f"[red]error:[/red] {escape(message.splitlines()[0])}", highlight=False)
+        return getattr(e, "exit_code", 2)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,128 @@
+"""A store that concurrent commands cannot corrupt, and run statuses that tell the truth: real
+`bench` processes started together, killed with SIGKILL and SIGTERM, and interrupted with SIGINT;
+and a step that makes the weights non-finite is undone, counted, and stops the run."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from bench.config import load_config
+from bench.core.errors import RunFailed
+from bench.update import Counters
+
+pytestmark = pytest.mark.slow
+
+QUICK = ["train.steps=1", "model.warmstart_steps=0", "eval.max_prompts=4", "eval.k=0"]
+
+
+def bench(*args, results, wait=True, **kw):
+    env = {**os.environ, "BENCH_PROGRESS": "0", "BENCH_RESULTS": str(results)}
+    cmd = [sys.executable, "-m", "bench.app.cli", *args]
+    if wait:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, **kw)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def statuses(results) -> dict[str, str]:
+    from bench.tracking import client  # opens the store under its file lock, as bench does
+
+    c = client(f"sqlite:///{results / 'mlflow.db'}")
+    exps = [e.experiment_id for e in c.search_experiments()]
+    return {r.info.run_name + "/" + r.info.run_id[:6]: r.info.status for r in c.search_runs(exps)}
+
+
+@pytest.mark.parametrize("repeat", range(5))
+def test_four_runs_started_together_on_a_fresh_folder_all_finish(repeat, tmp_path):
+    procs = [
+        bench("run", "smoke", f"seed={s}", *QUICK, results=tmp_path, wait=False) for s in range(4)
+    ]
+    codes = [p.wait(timeout=300) for p in procs]
+    assert codes == [0, 0, 0, 0], [p.stderr.read()[-500:] for p in procs]
+    assert sorted(statuses(tmp_path).values()) == ["FINISHED"] * 4
+    assert bench("report", "smoke", results=tmp_path).returncode == 0  # the store reads
+
+
+def wait_for_training(proc, results, timeout=120):
+    """Until a run is RUNNING in the store (it is training)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (results / "mlflow.db").exists() and "RUNNING" in statuses(results).values():
+            time.sleep(1.0)
+            return
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.3)
+    raise AssertionError("the run never started")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_killed_run_is_reported_killed_and_counted(sig, tmp_path):
+    bench("run", "smoke", "seed=9", *QUICK, results=tmp_path)  # one finished run to report
+    long = [*QUICK[1:], "train.steps=100000"]
+    proc = bench("run", "smoke", *long, results=tmp_path, wait=False)
+    wait_for_training(proc, tmp_path)
+    proc.send_signal(sig)
+    code = proc.wait(timeout=60)
+    assert code == (-9 if sig == signal.SIGKILL else 143)
+    out = bench("report", "smoke", results=tmp_path)  # opening the store reaps the dead run
+    assert out.returncode == 0, out.stderr
+    assert sorted(statuses(tmp_path).values()) == ["FINISHED", "KILLED"]
+    assert "1 unfinished not used (1 KILLED)" in out.stderr
+
+
+def test_ctrl_c_on_a_comparison_stops_it_and_no_queued_run_starts(tmp_path):
+    args = ["compare", "smoke", "--algorithms", "gvpo,grpo,dr_grpo", "--seeds", "2", *QUICK[1:]]
+    proc = bench(*args, "train.steps=100000", results=tmp_path, wait=False)
+    wait_for_training(proc, tmp_path, timeout=180)
+    started = time.time()
+    proc.send_signal(signal.SIGINT)
+    code = proc.wait(timeout=30)
+    assert code == 130 and time.time() - started < 10
+    runs = statuses(tmp_path)
+    assert 1 <= len(runs) <= 2 and set(runs.values()) == {"KILLED"}, runs  # those in flight
+    time.sleep(5)
+    assert statuses(tmp_path) == runs  # no queued run (6 planned) starts afterwards
+
+
+def test_a_step_with_non_finite_weights_is_undone_counted_and_stops_the_run():
+    from algorithms import ALGORITHMS
+    from bench.models import build_tiny_model, build_tokenizer
+    from bench.rollout import HFSampler
+    from bench.update import Learner
+
+    cfg = load_config(
+        "smoke", ["algorithm=grpo", "train.max_skipped_steps=2", "sampling.max_new_tokens=4"]
+    )
+    tok = build_tokenizer()
+    torch.manual_seed(0)
+    policy = build_tiny_model(cfg.model, tok).eval()
+    learner = Learner.build(
+        policy, build_tiny_model(cfg.model, tok).eval(), ALGORITHMS.get("grpo"), cfg
+    )
+    gen = HFSampler().generate(policy, tok, ["1+2=", "3+4="], 4, 4)
+    batch = learner.make_batch(gen, torch.tensor([0, 1, 2, 0, 1, 0, 0, 3.0]))
+    step = learner.opt.step
+
+    def poisoned(*a, **kw):  # a real step, then one weight goes to inf
+        step(*a, **kw)
+        with torch.no_grad():
+            learner.parameters()[3].view(-1)[0] = float("inf")
+
+    counters = Counters()
+    learner.update(batch, counters)  # a good step first: optimiser state to restore
+    before = [p.detach().clone() for p in learner.parameters()]
+    state = {k: v.clone() for k, v in learner.opt.state[learner.parameters()[0]].items()}
+    lr = learner.sched.get_last_lr()
+    learner.opt.step = poisoned
+    learner.update(batch, counters)
+    assert counters.skipped_steps == 1
+    assert all(torch.equal(a, b) for a, b in zip(before, learner.parameters(), strict=True))
+    after = learner.opt.state[learner.parameters()[0]]
+    assert all(torch.equal(state[k], after[k]) for k in state) and learner.sched.get_last_lr() == lr
+    with pytest.raises(RunFailed, match="2 optimiser steps in a row"):
+        learner.update(batch, counters)
+    assert all(torch.isfinite(p).all() for p in learner.parameters())
