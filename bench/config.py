@@ -459,3 +459,28 @@ def to_yaml(cfg: RunConfig) -> str:
     data["algorithms"] = {cfg.algorithm: dataclasses.asdict(cfg.algo_config())}
     data["tasks"] = {cfg.task: dataclasses.asdict(cfg.task_config())}
     return yaml.safe_dump(data, sort_keys=False)
+
+
+def validation_rules() -> list[tuple[str, str]]:
+    """(key, rule) for every checked field of the run config: the table of docs/errors.md."""
+    rows = []
+
+    def walk(cls, prefix: str) -> None:
+        hints = typing.get_type_hints(cls, include_extras=True)
+        for f in dataclasses.fields(cls):
+            tp, key = hints[f.name], prefix + f.name
+            origin = typing.get_origin(tp)
+            if dataclasses.is_dataclass(tp):
+                walk(tp, key + ".")
+            elif origin is Annotated:
+                base, *meta = typing.get_args(tp)
+                rows.append((key, f"{base.__name__} {meta[0]}"))
+            elif origin is Literal:
+                rows.append((key, "one of " + ", ".join(map(str, typing.get_args(tp)))))
+            elif tp in (float, bool, int):
+                rows.append(
+                    (key, {float: "finite number", bool: "true or false", int: "integer"}[tp])
+                )
+
+    walk(RunConfig, "")
+    return rows

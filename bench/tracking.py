@@ -58,12 +58,29 @@ def package_versions() -> dict[str, str]:
 
 
 def process_tags() -> dict[str, str]:
-    """Who runs this: the host and pid (dead runs are found by them), a heartbeat."""
+    """Who runs this: the host and pid (dead runs are found by them), a heartbeat, and the
+    machine (CPU model, torch threads, device) that reports list and warn about when mixed."""
+    import torch
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     return {
         "bench.host": socket.gethostname(),
         "bench.pid": str(os.getpid()),
         "bench.heartbeat": str(int(time.time())),
+        "machine.cpu": cpu_model(),
+        "machine.threads": str(torch.get_num_threads()),
+        "machine.device": device,
     }
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    import platform
+
+    return platform.processor() or platform.machine()
 
 
 def client(uri: str):

@@ -216,7 +216,7 @@ def main() -> None:
         "| completion | before: saved MB (plan) | before: peak RSS MB | after: saved MB (plan) | after: peak RSS MB |"
     )
     print("|---|---|---|---|---|")
-    for length in map(int, args.lengths.split(",")):
+    for length in [int(x) for x in args.lengths.split(",") if x]:
         cells = []
         for after in (False, True):
             plan = planned_mb(length, args.rows, after, args.budget)

@@ -11,6 +11,7 @@ from bench.core.errors import BenchError
 from bench.core.paths import results_dir
 from bench.tracking import resolve_uri
 from reports.collect import history_frame, runs_frame
+from reports.comparison import comparison_section
 from reports.html import write_html
 from reports.plots import (
     curves_by_compute,
@@ -20,8 +21,9 @@ from reports.plots import (
     sensitivity_plot,
     stability_panel,
 )
-from reports.stability import paired_difference, stability_summary
+from reports.stability import stability_summary
 from reports.summary import curves, curves_vs, final_values, latest_finished, sensitivity, summarize
+from reports.tables import md_table
 
 EVAL_METRICS = ["accuracy", "avg_at_k", "maj_at_k", "pass_at_k", "gold_reward", "proxy_reward"]
 SWEPT = ["sampling.replay_ratio", "algorithm.beta", "sampling.k", "train.lr"]  # sensitivity plots
@@ -35,15 +37,6 @@ TRAIN_KEYS = [
 ]
 COMPUTE_KEYS = {"tokens generated": "perf/cum_tokens_generated", "wall-clock (s)": "perf/elapsed_s"}
 PERF_KEYS = ["perf/wall_s", "perf/tokens_generated", "perf/tokens_trained", "perf/peak_rss_mb"]
-
-
-def md_table(df: pd.DataFrame, floatfmt: str = "{:.3f}") -> str:
-    def fmt(v):
-        return floatfmt.format(v) if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
 
 
 @dataclass
@@ -82,6 +75,18 @@ def collect(experiment: str, uri: str, filter_string: str, out: Path) -> Collect
     return Collected(experiment, uri, runs, history, tasks, out, unfinished)
 
 
+def machines_line(runs: pd.DataFrame) -> str:
+    """The machines the runs came from; a warning when one comparison mixes machines."""
+    cols = ["tags.machine.cpu", "tags.machine.threads", "tags.machine.device"]
+    if "tags.machine.cpu" not in runs:
+        return "Machines: not recorded (runs older than the provenance tags)"
+    seen = runs[[c for c in cols if c in runs]].fillna("?").astype(str).drop_duplicates()
+    names = "; ".join(", ".join(r) for r in seen.itertuples(index=False))
+    if len(seen) > 1:
+        return f"**Warning: runs from {len(seen)} different machines** (timings and float rounding differ): {names}"
+    return f"Machine: {names}"
+
+
 def runs_line(c: Collected) -> str:
     """One line: what the report uses, and the unfinished runs it does not."""
     line = f"Runs: {len(c.runs)} finished (newest per task x algorithm x seed) used"
@@ -99,9 +104,11 @@ def build_report(
     out_dir: Path | None = None,
     filter_string: str = "",
     reference: str | None = None,
+    target: float | None = None,
 ) -> dict:
     """Collect finished runs of ``experiment`` and write the report files. Returns paths + summary.
-    ``reference``: the label every other one is paired against (default: the first label)."""
+    ``reference``: the label every other one is paired against (default: the first label);
+    ``target``: a difference to say how many seeds would detect."""
     uri = resolve_uri(tracking_uri)
     c = collect(experiment, uri, filter_string, out_dir or results_dir() / "reports" / experiment)
     summary = summarize(c.runs, c.history, EVAL_METRICS)
@@ -120,13 +127,17 @@ def build_report(
         ]
     )
     stability.to_csv(c.out / "stability.csv", index=False)
-    paired = paired_table(c.runs, c.history, c.tasks, reference)
-    text = markdown(c, summary, plots, stability, paired, perf_table(c))
+    compared = comparison_section(
+        c.runs, c.history, c.tasks, c.out, reference=reference, target=target
+    )
+    plots += compared.plots
+    text = markdown(c, summary, plots, stability, compared.markdown, perf_table(c))
     (c.out / "report.md").write_text(text)
     write_html(c.out / "report.md")
     return {
         "dir": c.out,
         "runs": runs_line(c),
+        "machines": machines_line(c.runs),
         "summary": summary,
         "report": c.out / "report.md",
         "plots": [c.out / p for p in plots],
@@ -244,13 +255,14 @@ def perf_table(c: Collected) -> pd.DataFrame:
     return perf.reset_index().rename(columns={"params.label": "algorithm"})
 
 
-def markdown(c: Collected, summary, plots, stability, paired, perf) -> str:
+def markdown(c: Collected, summary, plots, stability, compared: str, perf) -> str:
     lines = [
         f"# Report: {c.experiment}",
         "",
         f"Tracking URI: `{c.uri}`  ",
         f"{runs_line(c)}  ",
-        f"Tasks: {', '.join(c.tasks)}",
+        f"Tasks: {', '.join(c.tasks)}  ",
+        machines_line(c.runs),
         "",
         "## Final eval metrics (mean over seeds, 95% t-interval)",
         "",
@@ -270,11 +282,7 @@ def markdown(c: Collected, summary, plots, stability, paired, perf) -> str:
         "",
         md_table(stability),
         "",
-        "## Paired differences in final accuracy (by seed, 95% bootstrap interval)",
-        "",
-        md_table(paired)
-        if not paired.empty
-        else "(needs at least two algorithms with the same seeds)",
+        compared,
         "",
         "## Compute per run (mean over seeds)",
         "",
@@ -282,31 +290,3 @@ def markdown(c: Collected, summary, plots, stability, paired, perf) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def paired_table(
-    runs: pd.DataFrame, history: pd.DataFrame, tasks: list[str], reference: str | None = None
-) -> pd.DataFrame:
-    """Each label against ``reference`` (default: the first label), paired by seed."""
-    rows = []
-    for task in tasks:
-        wide = finals_by_seed(runs[runs["params.task"] == task], history, f"eval/{task}/accuracy")
-        labels = sorted(wide.columns)
-        ref = reference if reference in labels else labels[0] if labels else None
-        for other in [label for label in labels if label != ref]:
-            both = wide[[ref, other]].dropna()
-            if len(both) < 2:
-                continue
-            d = paired_difference(both[ref].to_numpy(), both[other].to_numpy())
-            rows.append({"task": task, "comparison": f"{ref} - {other}", "n_seeds": len(both), **d})
-    return pd.DataFrame(rows)
-
-
-def finals_by_seed(runs: pd.DataFrame, history: pd.DataFrame, key: str) -> pd.DataFrame:
-    """Final value of ``key``: one row per seed, one column per label."""
-    final = (
-        runs.set_index("run_id")[["params.label", "params.seed"]]
-        .join(final_values(history, key).rename("final"))
-        .dropna()
-    )
-    return final.pivot_table(index="params.seed", columns="params.label", values="final")

@@ -1,5 +1,5 @@
 """Stability metrics from a run's curves (the way the GVPO paper talks about stability), and
-seed statistics: bootstrap confidence intervals and a paired bootstrap test between algorithms.
+per run, averaged over seeds. Tests between algorithms are in reports/statistics.py.
 
 Every function takes plain sequences or DataFrames, so each is testable on hand-made curves.
 """
@@ -85,34 +85,6 @@ def run_stability(history: pd.DataFrame, eval_key: str, drop: float = 0.05) -> p
     return pd.DataFrame(rows)
 
 
-def bootstrap_ci(
-    values: Sequence[float], level: float = 0.95, n: int = 10_000, seed: int = 0
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean."""
-    x = np.asarray(values, float)
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, len(x), size=(n, len(x)))].mean(1)
-    return float(np.quantile(means, (1 - level) / 2)), float(np.quantile(means, (1 + level) / 2))
-
-
-def paired_difference(
-    a: Sequence[float], b: Sequence[float], n: int = 10_000, seed: int = 0
-) -> dict[str, float]:
-    """a - b paired by seed: mean difference, 95% bootstrap interval, and the bootstrap share of
-    resamples on the other side of zero (two-sided p-value estimate)."""
-    d = np.asarray(a, float) - np.asarray(b, float)
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, len(d), size=(n, len(d)))].mean(1)
-    lo, hi = np.quantile(means, [0.025, 0.975])
-    p = 2 * min((means <= 0).mean(), (means >= 0).mean())
-    return {
-        "mean_diff": float(d.mean()),
-        "ci_low": float(lo),
-        "ci_high": float(hi),
-        "p_value": float(min(p, 1.0)),
-    }
-
-
 def stability_summary(
     runs: pd.DataFrame, history: pd.DataFrame, eval_key: str, drop: float = 0.05
 ) -> pd.DataFrame:
@@ -123,7 +95,4 @@ def stability_summary(
     )
     out = per_run.drop(columns="run_id").groupby("params.label").mean(numeric_only=True)
     out.insert(0, "n_seeds", per_run.groupby("params.label").size())
-    boot = per_run.groupby("params.label")["final"].apply(lambda v: bootstrap_ci(v.to_numpy()))
-    out["final_boot_low"] = [lo for lo, _ in boot.reindex(out.index)]
-    out["final_boot_high"] = [hi for _, hi in boot.reindex(out.index)]
     return out.reset_index().rename(columns={"params.label": "algorithm"})

@@ -20,8 +20,8 @@ from bench.core.paths import results_dir  # noqa: E402
 from bench.tracking import resolve_uri  # noqa: E402
 from reports.collect import history_frame, runs_frame  # noqa: E402
 from reports.html import write_html  # noqa: E402
-from reports.report import md_table  # noqa: E402
 from reports.summary import curves, latest_finished, summarize  # noqa: E402
+from reports.tables import md_table  # noqa: E402
 
 METRICS = ["tv_to_optimum", "kl_to_optimum", "expected_reward", "kl_to_ref"]
 ALGO, SOURCE = "params.algorithm", "params.sampling.source"

@@ -87,3 +87,15 @@ def test_offline_source_needs_pairs():
         and cfg.name == "arithmetic__dpo[dataset]__0"
         and cfg.label == "dpo[dataset]"
     )
+
+
+def test_the_docs_list_every_validation_rule():
+    from pathlib import Path
+
+    from bench.config import validation_rules
+
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "errors.md").read_text()
+    rules = validation_rules()
+    assert len(rules) > 40
+    missing = [f"| `{k}` | {r} |" for k, r in rules if f"| `{k}` | {r} |" not in docs]
+    assert missing == []

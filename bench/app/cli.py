@@ -282,6 +282,7 @@ def _report_and_exit(
     result = build_report(experiment, tracking_uri, reference=reference)
     _print_summary(result["summary"])
     console.print(result["runs"], highlight=False)
+    console.print(result["machines"], highlight=False, markup=False)
     console.print(f"report: {result['report']}")
     failed = [o for o in outcomes if o.error]
     if failed:
@@ -306,6 +307,18 @@ def _print_summary(summary) -> None:
             f"{r.base_value:.3f}",
         )
     console.print(table)
+
+
+def config_hash(cfg) -> str:
+    from bench.config import config_hash as hash_of
+
+    return hash_of(cfg)
+
+
+def cpu_model() -> str:
+    from bench.tracking import cpu_model as model
+
+    return model()
 
 
 def print_plan(cfg, workload) -> bool:
@@ -340,6 +353,60 @@ def print_plan(cfg, workload) -> bool:
     else:
         console.print(f"[red]error:[/red] {p.verdict}", highlight=False)
     return p.fits
+
+
+@app.command()
+@user_errors
+def claims(
+    seeds: Annotated[
+        int, typer.Option(min=2, help="seeds per setting (the seed-variance claim uses at least 8)")
+    ] = 5,
+    workers: Annotated[int, typer.Option(min=1, help="parallel runs (local processes)")] = 2,
+    scale: Annotated[
+        str, typer.Option(help="full (the CPU comparison) or smoke (a few steps: a quick check)")
+    ] = "full",
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="list the experiments, runs to do and the time")
+    ] = False,
+    tracking_uri: TrackingUri = None,
+):
+    """Each claim of the GVPO paper as one experiment, then a report with a verdict per claim."""
+    import time
+
+    from bench.app import claims as c
+    from bench.app.compare import finished_configs, run_all
+    from bench.core.paths import results_dir
+    from reports.claims import summary_markdown, write_report
+
+    if scale not in ("full", "smoke"):
+        raise BenchError(f"--scale: unknown scale '{scale}' (choose from: full, smoke)")
+    exps = c.resolve(c.experiments(seeds, scale), threads=1 if workers > 1 else 0)
+    runs = c.unique_runs(exps)
+    done = finished_configs([cfg for cfg, _ in runs.values()], tracking_uri)
+    todo = [h for h in runs if h not in done]
+    for e in exps:
+        mine = {config_hash(cfg) for cfg in e.cfgs}
+        console.print(f"{e.name}: {len(e.points)} runs ({len(mine - done)} to do)", highlight=False)
+    eta = c.estimate_seconds(exps, set(todo), workers)
+    console.print(
+        f"{len(runs)} distinct runs, {len(todo)} to do: about {eta / 60:.0f} min with {workers} workers"
+    )
+    if dry_run:
+        return
+    start = time.time()
+    outcomes = run_all(
+        [runs[h][0] for h in todo], workers, tracking_uri, [runs[h][1] for h in todo]
+    )
+    verdicts = c.verdicts(c.finals(exps, tracking_uri))
+    provenance = (
+        f"{time.strftime('%Y-%m-%d')}, `bench claims --seeds {seeds} --scale {scale}`, {cpu_model()}, "
+        f"{len(todo)} runs in {(time.time() - start) / 60:.1f} min"
+    )
+    path = write_report(verdicts, results_dir() / "reports" / "claims", provenance)
+    console.print(summary_markdown(verdicts, provenance), highlight=False, markup=False)
+    console.print(f"report: {path}")
+    if any(o.error for o in outcomes):
+        raise typer.Exit(1)
 
 
 @app.command("plan")
@@ -466,13 +533,18 @@ def report(
         str | None,
         typer.Option(help="label the others are paired against (default: the first label)"),
     ] = None,
+    detect: Annotated[
+        float | None,
+        typer.Option(help="also say how many seeds would detect this difference (e.g. 0.02)"),
+    ] = None,
 ):
     """Tables, plots and report.md for an experiment, from MLflow alone."""
     from reports.report import build_report
 
-    result = build_report(experiment, tracking_uri, out, filter, reference)
+    result = build_report(experiment, tracking_uri, out, filter, reference, detect)
     _print_summary(result["summary"])
     console.print(result["runs"], highlight=False)
+    console.print(result["machines"], highlight=False, markup=False)
     console.print(f"report: {result['report']}")
 
 

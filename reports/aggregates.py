@@ -1,0 +1,136 @@
+"""Aggregates over tasks x seeds in the way of rliable (Agarwal et al. 2021, "Deep RL at the
+edge of the statistical precipice"), computed by the ``rliable`` package itself: IQM and mean
+with stratified bootstrap intervals, the probability of improvement of each algorithm over each
+other, and performance profiles. Input: one final score per (algorithm, task, seed)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import contextlib  # noqa: E402
+import importlib.util  # noqa: E402
+import sys  # noqa: E402
+import types  # noqa: E402
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def _arch_without_its_init() -> None:
+    """rliable's bootstrap is ``arch.bootstrap``; ``arch/__init__`` (7.x, the last rliable 1.2
+    allows) also imports its volatility models, which fail under pandas 3 (a changed
+    ``deprecate_kwarg``). Register the package without running its __init__, so that only
+    ``arch.bootstrap`` (which imports cleanly) is loaded."""
+    if "arch" in sys.modules:
+        return
+    spec = importlib.util.find_spec("arch")
+    package = types.ModuleType("arch")
+    package.__path__ = list(spec.submodule_search_locations)
+    package.__spec__ = spec
+    sys.modules["arch"] = package
+
+
+_arch_without_its_init()
+
+from rliable import library as rly  # noqa: E402
+from rliable import metrics  # noqa: E402
+
+REPS = 2000  # bootstrap replications: stable to the 3rd decimal for these sizes
+
+
+@contextlib.contextmanager
+def numpy_seed(seed: int):
+    """rliable's stratified bootstrap draws from numpy's global generator (its random_state
+    argument is not used for the draws): seed that, and put it back afterwards."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
+def score_matrices(finals: pd.DataFrame) -> dict[str, np.ndarray]:
+    """{algorithm: [seeds x tasks]} from rows (algorithm, task, seed, value); seeds that some
+    task lacks are dropped, so every matrix is rectangular."""
+    out = {}
+    for algo, rows in finals.groupby("algorithm"):
+        wide = rows.pivot_table(index="seed", columns="task", values="value").dropna()
+        out[str(algo)] = wide.sort_index(axis=1).to_numpy()
+    return out
+
+
+def aggregate_table(scores: dict[str, np.ndarray], seed: int = 0) -> pd.DataFrame:
+    """IQM and mean with 95% stratified bootstrap intervals, per algorithm."""
+
+    def both(x):
+        return np.array([metrics.aggregate_iqm(x), metrics.aggregate_mean(x)])
+
+    with numpy_seed(seed):
+        point, interval = rly.get_interval_estimates(scores, both, reps=REPS)
+    rows = []
+    for algo in scores:
+        (iqm, mean), ci = point[algo], interval[algo]
+        rows.append(
+            {
+                "algorithm": algo,
+                "runs": scores[algo].size,
+                "IQM": iqm,
+                "IQM low": ci[0, 0],
+                "IQM high": ci[1, 0],
+                "mean": mean,
+                "mean low": ci[0, 1],
+                "mean high": ci[1, 1],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def improvement_table(scores: dict[str, np.ndarray], seed: int = 0) -> pd.DataFrame:
+    """P(X > Y) for each ordered pair, with its 95% stratified bootstrap interval."""
+    pairs = {f"{x},{y}": (scores[x], scores[y]) for x in scores for y in scores if x != y}
+    with numpy_seed(seed):
+        point, interval = rly.get_interval_estimates(
+            pairs, metrics.probability_of_improvement, reps=REPS
+        )
+    rows = []
+    for key in pairs:
+        x, y = key.split(",")
+        rows.append(
+            {
+                "X": x,
+                "Y": y,
+                "P(X > Y)": float(np.ravel(point[key])[0]),
+                "low": float(np.ravel(interval[key])[0]),
+                "high": float(np.ravel(interval[key])[1]),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def profiles_figure(scores: dict[str, np.ndarray], title: str, aggregates: pd.DataFrame):
+    """Performance profiles (share of runs above tau) beside the IQM intervals."""
+    lo = min(s.min() for s in scores.values())
+    hi = max(s.max() for s in scores.values())
+    taus = np.linspace(lo, hi, 101)
+    profiles, cis = rly.create_performance_profile(scores, taus)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=120)
+    for algo, prof in profiles.items():
+        (line,) = left.plot(taus, prof, label=algo)
+        left.fill_between(taus, cis[algo][0], cis[algo][1], color=line.get_color(), alpha=0.15)
+    left.set_xlabel("final score tau")
+    left.set_ylabel("share of runs with score > tau")
+    left.legend(frameon=False, fontsize=8)
+    left.grid(alpha=0.3)
+    y = np.arange(len(aggregates))
+    err = [aggregates["IQM"] - aggregates["IQM low"], aggregates["IQM high"] - aggregates["IQM"]]
+    right.errorbar(aggregates["IQM"], y, xerr=err, fmt="o", capsize=4)
+    right.set_yticks(y, aggregates["algorithm"])
+    right.set_xlabel("IQM (95% stratified bootstrap)")
+    right.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

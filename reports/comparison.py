@@ -1,0 +1,109 @@
+"""The comparison part of a report: paired tests by seed (valid at the seed count at hand),
+seeds needed, and rliable aggregates across tasks x seeds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from reports.aggregates import aggregate_table, improvement_table, profiles_figure, score_matrices
+from reports.statistics import compare_pair
+from reports.summary import final_values
+from reports.tables import md_table
+
+
+def finals_frame(runs: pd.DataFrame, history: pd.DataFrame, tasks: list[str]) -> pd.DataFrame:
+    """(algorithm, task, seed, value): the final eval accuracy of every run."""
+    parts = []
+    for task in tasks:
+        t = runs[runs["params.task"] == task].set_index("run_id")[["params.label", "params.seed"]]
+        final = t.join(final_values(history, f"eval/{task}/accuracy").rename("value")).dropna()
+        parts.append(
+            final.rename(columns={"params.label": "algorithm", "params.seed": "seed"}).assign(
+                task=task
+            )
+        )
+    return (
+        pd.concat(parts, ignore_index=True)
+        if parts
+        else pd.DataFrame(columns=["algorithm", "task", "seed", "value"])
+    )
+
+
+def paired_table(
+    finals: pd.DataFrame, reference: str | None = None, target: float | None = None
+) -> pd.DataFrame:
+    """Each label against ``reference`` (default: the first label), paired by seed, per task."""
+    rows = []
+    for task, part in finals.groupby("task"):
+        wide = part.pivot_table(index="seed", columns="algorithm", values="value")
+        labels = list(wide.columns)
+        ref = reference if reference in labels else (labels[0] if labels else None)
+        for other in [label for label in labels if label != ref]:
+            both = wide[[ref, other]].dropna()
+            if len(both) < 2:
+                continue
+            stats = compare_pair(both[ref].to_numpy(), both[other].to_numpy(), target=target)
+            rows.append({"task": task, "comparison": f"{ref} - {other}", **stats})
+    return pd.DataFrame(rows)
+
+
+@dataclass
+class Comparison:
+    markdown: str
+    paired: pd.DataFrame
+    aggregates: pd.DataFrame = field(default_factory=pd.DataFrame)
+    improvement: pd.DataFrame = field(default_factory=pd.DataFrame)
+    plots: list[str] = field(default_factory=list)
+
+
+def comparison_section(
+    runs: pd.DataFrame,
+    history: pd.DataFrame,
+    tasks: list[str],
+    out: Path,
+    *,
+    reference: str | None = None,
+    target: float | None = None,
+) -> Comparison:
+    finals = finals_frame(runs, history, tasks)
+    paired = paired_table(finals, reference, target)
+    lines = [
+        "## Paired differences in final accuracy (by seed)",
+        "",
+        "Exact sign-flip permutation test (all 2^n sign patterns) and paired t-interval. With n",
+        "seeds the smallest two-sided p the sign-flip test can give is 2/2^n (0.25 for 3 seeds), so",
+        "fewer than 6 seeds cannot separate two algorithms at 0.05, whatever the data.",
+        "`seeds_for_observed`: paired seeds for 80% power at the observed difference and spread.",
+        "",
+        md_table(paired)
+        if not paired.empty
+        else "(needs at least two algorithms with 2+ common seeds)",
+        "",
+    ]
+    result = Comparison("", paired)
+    if finals["algorithm"].nunique() >= 2:
+        scores = score_matrices(finals)
+        if all(s.size for s in scores.values()):
+            result.aggregates = aggregate_table(scores)
+            result.improvement = improvement_table(scores)
+            profiles_figure(
+                scores, "final accuracy across tasks x seeds", result.aggregates
+            ).savefig(out / "rliable.png")
+            result.plots.append("rliable.png")
+            result.aggregates.to_csv(out / "aggregates.csv", index=False)
+            lines += [
+                "## Aggregates across tasks x seeds (rliable)",
+                "",
+                "IQM and mean with 95% stratified bootstrap intervals, and the probability that a",
+                "run of X beats a run of Y (Agarwal et al. 2021; computed with the rliable package).",
+                "",
+                md_table(result.aggregates),
+                "",
+                md_table(result.improvement),
+                "",
+            ]
+    result.markdown = "\n".join(lines)
+    return result

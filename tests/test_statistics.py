@@ -1,0 +1,133 @@
+"""Statistics valid at few seeds: the exact sign-flip test by hand and against scipy, the power
+calculation against simulation, calibration of the report's paired test on synthetic stores, and
+rliable's aggregates reproduced by calling rliable directly."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from reports.aggregates import (
+    REPS,
+    aggregate_table,
+    improvement_table,
+    metrics,
+    rly,
+    score_matrices,
+)
+from reports.comparison import paired_table
+from reports.statistics import compare_pair, seeds_needed, sign_flip_test, smallest_p
+
+
+def test_sign_flip_p_by_hand():
+    assert sign_flip_test([0.1, 0.2, 0.3]) == pytest.approx(2 / 8)  # all positive, n=3
+    assert sign_flip_test([0.1, 0.2, 0.3, 0.4, 0.5]) == pytest.approx(2 / 32)
+    # d = (1, -1, 2): |mean| = 2/3; patterns with |sum| >= 2: (+,-,+), (-,+,-), (+,+,+)...
+    # sums over the 8 sign patterns of (1, 1, 2): 4, 2, 0, -2, 2, 0, -2, -4 -> |sum| >= 2 in 6
+    assert sign_flip_test([1.0, -1.0, 2.0]) == pytest.approx(6 / 8)
+    assert sign_flip_test([0.0, 0.0]) == 1.0
+    assert smallest_p(3) == 0.25 and smallest_p(5) == 0.0625 and smallest_p(6) < 0.05
+
+
+@pytest.mark.parametrize("n", [4, 7, 10])
+def test_sign_flip_agrees_with_scipy_permutation_test(n):
+    rng = np.random.default_rng(n)
+    for _ in range(5):
+        d = rng.normal(0.3, 1.0, size=n)
+        ref = stats.permutation_test(
+            (d,), np.mean, permutation_type="samples", n_resamples=math.inf, alternative="two-sided"
+        )
+        assert sign_flip_test(d) == pytest.approx(ref.pvalue, abs=1e-9)
+
+
+def test_monte_carlo_above_16_pairs_is_close_to_exact_scipy():
+    d = np.random.default_rng(3).normal(0.4, 1.0, size=20)
+    ref = stats.permutation_test(
+        (d,),
+        np.mean,
+        permutation_type="samples",
+        n_resamples=2**20,
+        alternative="two-sided",
+        random_state=0,
+    )
+    assert sign_flip_test(d) == pytest.approx(ref.pvalue, abs=0.005)
+
+
+def test_seeds_needed_reaches_80_percent_power_in_simulation():
+    n = seeds_needed(0.5, 1.0)
+    assert n is not None and n >= 6
+    rng = np.random.default_rng(0)
+    rejected = [stats.ttest_1samp(rng.normal(0.5, 1.0, n), 0).pvalue < 0.05 for _ in range(4000)]
+    assert 0.78 <= np.mean(rejected) <= 0.86
+    assert seeds_needed(0.5, 1.0) < seeds_needed(0.25, 1.0)
+    assert seeds_needed(5.0, 1.0) == 6  # the sign-flip floor: 2/2^6 < 0.05
+
+
+def synthetic_finals(n_seeds: int, shift: float, rng) -> pd.DataFrame:
+    """Paired seeds: a shared per-seed level plus noise; 'b' is 'a' shifted."""
+    level = rng.normal(0.5, 0.05, n_seeds)
+    rows = []
+    for algo, delta in (("a", shift), ("b", 0.0)):
+        for s in range(n_seeds):
+            rows.append(
+                {
+                    "algorithm": algo,
+                    "task": "t",
+                    "seed": s,
+                    "value": level[s] + delta + rng.normal(0, 0.01),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_a_real_difference_with_10_seeds_is_detected():
+    row = paired_table(synthetic_finals(10, 0.03, np.random.default_rng(0)), "a").iloc[0]
+    assert row["p_sign_flip"] < 0.01 and row["verdict"].startswith("differ")
+    assert row["t_low"] > 0
+
+
+def test_no_difference_with_10_seeds_is_calibrated_over_50_trials():
+    p = [
+        paired_table(synthetic_finals(10, 0.0, np.random.default_rng(i)), "a").iloc[0][
+            "p_sign_flip"
+        ]
+        for i in range(50)
+    ]
+    assert np.mean(np.array(p) > 0.05) >= 0.9
+
+
+def test_three_seeds_never_print_a_p_below_a_quarter():
+    for i in range(30):
+        row = paired_table(synthetic_finals(3, 0.5, np.random.default_rng(i)), "a").iloc[0]
+        assert (
+            row["p_sign_flip"] >= 0.25 and "cannot be distinguished with 3 seeds" in row["verdict"]
+        )
+    assert compare_pair([1, 2, 3], [0, 0, 0])["smallest_p"] == 0.25
+
+
+def test_rliable_tables_match_rliable_called_directly():
+    rng = np.random.default_rng(0)
+    rows = [
+        {"algorithm": algo, "task": task, "seed": s, "value": rng.normal(mu, 0.1)}
+        for algo, mu in (("x", 0.6), ("y", 0.5))
+        for task in ("t1", "t2")
+        for s in range(5)
+    ]
+    scores = score_matrices(pd.DataFrame(rows))
+    assert scores["x"].shape == (5, 2)
+    table = aggregate_table(scores, seed=0).set_index("algorithm")
+    np.random.seed(0)  # rliable's bootstrap draws from numpy's global generator
+    point, interval = rly.get_interval_estimates(
+        scores,
+        lambda s: np.array([metrics.aggregate_iqm(s), metrics.aggregate_mean(s)]),
+        reps=REPS,
+    )
+    for algo in ("x", "y"):
+        assert table.loc[algo, "IQM"] == pytest.approx(point[algo][0])
+        assert table.loc[algo, "mean high"] == pytest.approx(interval[algo][1, 1])
+    poi = improvement_table(scores, seed=0).set_index(["X", "Y"])
+    assert poi.loc[("x", "y"), "P(X > Y)"] == pytest.approx(
+        metrics.probability_of_improvement(scores["x"], scores["y"])
+    )
