@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 VOCAB, HIDDEN, LAYERS, PROMPT = 152064, 64, 2, 64
@@ -193,6 +194,33 @@ def calibration() -> None:
         )
 
 
+def sampling_with_checkpointing(rounds: int = 10) -> tuple[float, float]:
+    """(ms per sampling call without, with activation checkpointing enabled) on the arithmetic
+    model, alternated in one process: the sampler keeps its KV cache either way."""
+    import copy
+
+    from bench.config import load_config
+    from bench.memory import enable_checkpointing
+    from bench.models import load_policy
+    from bench.rollout import HFSampler
+    from tasks import TASKS
+
+    cfg = load_config("arithmetic")
+    task = TASKS.get("arithmetic")(cfg.task_config())
+    plain, tok, _ = load_policy(cfg.model, task)
+    wrapped = copy.deepcopy(plain)
+    enable_checkpointing(wrapped)
+    prompts = [r["prompt"] for r in task.train_rows()[:32]]
+    times = {0: [], 1: []}
+    for r in range(rounds):
+        for which, model in ((0, plain), (1, wrapped))[:: 1 if r % 2 else -1]:
+            torch.manual_seed(r)
+            start = time.perf_counter()
+            HFSampler().generate(model, tok, prompts, 4, 6)
+            times[which].append(time.perf_counter() - start)
+    return 1e3 * float(np.median(times[0])), 1e3 * float(np.median(times[1]))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--lengths", default="256,512,1024,2048,4096")
@@ -229,6 +257,10 @@ def main() -> None:
             else:
                 cells += [f"{r['saved_mb']:,.0f} ({plan:,.0f})", f"{r['rss_mb']:,.0f}"]
         print(f"| {length} | " + " | ".join(cells) + " |", flush=True)
+    plain, ckpt = sampling_with_checkpointing()
+    print(
+        f"sampling 32 prompts x 4 (median of 10): {plain:.1f} ms, with checkpointing enabled {ckpt:.1f} ms"
+    )
     fp32, bf16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
     print(f"\nmatmul peak: fp32 {fp32 / 1e9:.0f} GFLOP/s, bf16 {bf16 / 1e9:.0f} GFLOP/s")
     for precision in ("fp32", "bf16-mixed"):

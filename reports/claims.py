@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
+from reports.plots import finish_axes  # noqa: E402
 from reports.statistics import compare_pair  # noqa: E402
 
 HOLDS, NOT_REPRODUCED, CONTRADICTED = "holds", "not reproduced at this scale", "contradicted"
@@ -48,13 +49,7 @@ def _points(df: pd.DataFrame, x: str, title: str, ylabel: str, logy: bool = Fals
         ax.set_xticks(range(len(xs)), [str(v) for v in xs])
     if logy:
         ax.set_yscale("log")
-    ax.set_xlabel(x)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(frameon=False, fontsize=8)
-    fig.tight_layout()
-    return fig
+    return finish_axes(fig, ax, x, ylabel, title)
 
 
 def _order(v):

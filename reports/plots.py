@@ -21,10 +21,10 @@ def learning_curves(curve: pd.DataFrame, title: str, ylabel: str, base_value: fl
         )
     if base_value is not None and base_value == base_value:
         ax.axhline(base_value, color="grey", ls="--", lw=1, label="warm-start baseline")
-    return _finish(fig, ax, "training step", ylabel, title)
+    return finish_axes(fig, ax, "training step", ylabel, title)
 
 
-def _finish(fig, ax, xlabel: str, ylabel: str, title: str):
+def finish_axes(fig, ax, xlabel: str, ylabel: str, title: str):
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -47,7 +47,7 @@ def sensitivity_plot(sens: pd.DataFrame, param: str, ylabel: str, title: str):
             capsize=3,
             label=f"{algo} (n={int(c['n'].max())})",
         )
-    return _finish(fig, ax, param, ylabel, title)
+    return finish_axes(fig, ax, param, ylabel, title)
 
 
 def stability_panel(panels: dict[str, pd.DataFrame], title: str):
@@ -105,7 +105,7 @@ def kl_reward_frontier(kl: pd.DataFrame, reward: pd.DataFrame, title: str, windo
         y = c["mean_r"].rolling(window, min_periods=1).mean()
         (line,) = ax.plot(x, y, lw=1.2, label=algo)
         ax.plot(x.iloc[-1:], y.iloc[-1:], "o", color=line.get_color())
-    return _finish(fig, ax, "KL(pi || pi_ref) per sequence", "train reward", title)
+    return finish_axes(fig, ax, "KL(pi || pi_ref) per sequence", "train reward", title)
 
 
 def seed_spread(final: pd.DataFrame, ylabel: str, title: str):

@@ -126,3 +126,14 @@ def test_a_step_with_non_finite_weights_is_undone_counted_and_stops_the_run():
     with pytest.raises(RunFailed, match="2 optimiser steps in a row"):
         learner.update(batch, counters)
     assert all(torch.isfinite(p).all() for p in learner.parameters())
+
+
+def test_compare_skips_finished_configurations_unless_rerun(tmp_path):
+    args = ["compare", "smoke", "--algorithms", "gvpo", "--seeds", "1", "--workers", "1", *QUICK]
+    first = bench(*args, results=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    again = bench(*args, results=tmp_path)
+    assert again.returncode == 0 and "1 of 1 runs already finished" in again.stderr
+    assert len(statuses(tmp_path)) == 1
+    assert bench(*args, "--rerun", results=tmp_path).returncode == 0
+    assert len(statuses(tmp_path)) == 2
