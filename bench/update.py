@@ -5,10 +5,9 @@ the learner reads its declared needs (``Algorithm.needs``, ``Algorithm.select``)
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -161,6 +160,7 @@ class Learner:
     algo_cfg: Any
     cfg: RunConfig
     mb_gen: torch.Generator  # draws the minibatch split of each rollout batch
+    undo: StepUndo = field(default_factory=lambda: StepUndo())
 
     @classmethod
     def build(cls, policy, reference, algo: Algorithm, cfg: RunConfig) -> Learner:
@@ -238,11 +238,9 @@ class Learner:
         gn = torch.nn.utils.clip_grad_norm_(self.parameters(), self.cfg.train.max_grad_norm).item()
         applied = math.isfinite(gn) and math.isfinite(loss.item())
         if applied:
-            undo = (
-                StepUndo(self.parameters(), self.opt, self.sched)
-                if self.cfg.train.undo_nonfinite
-                else None
-            )
+            undo = self.undo if self.cfg.train.undo_nonfinite else None
+            if undo is not None:
+                undo.save(self.parameters(), self.opt, self.sched)
             self.opt.step()
             self.sched.step()
             applied = weights_finite(self.parameters())
@@ -265,21 +263,35 @@ def weights_finite(params: list[torch.Tensor]) -> bool:
 
 
 class StepUndo:
-    """What an optimiser step changes (parameters, optimiser state, schedule), kept so that a
-    step whose weights come out non-finite can be taken back. Costs a copy of the weights and
-    the optimiser state while the step runs."""
+    """What an optimiser step changes (parameters, optimiser state tensors, the schedule), saved
+    before each step into buffers kept across steps (one foreach copy), so that a step whose
+    weights come out non-finite can be taken back. Costs a copy of the weights and optimiser
+    state (counted by ``bench plan``)."""
 
-    def __init__(self, params, opt, sched):
-        self.params = params
-        self.weights = [p.detach().clone() for p in params]
-        self.opt, self.sched = opt, sched
-        self.state = copy.deepcopy(opt.state_dict())
+    def __init__(self):
+        self.buffers: list[torch.Tensor] | None = None
+
+    def _tensors(self, params, opt) -> list[torch.Tensor]:
+        state = [t for p in params for t in opt.state.get(p, {}).values() if torch.is_tensor(t)]
+        return [p.detach() for p in params] + state
+
+    def save(self, params, opt, sched) -> None:
+        self.params, self.opt, self.sched = params, opt, sched
+        self.fresh = [p for p in params if p not in opt.state]  # no state yet: the first step
+        tensors = self._tensors(params, opt)
+        shapes = [t.shape for t in tensors]
+        if self.buffers is None or [b.shape for b in self.buffers] != shapes:
+            self.buffers = [t.clone() for t in tensors]
+        else:
+            torch._foreach_copy_(self.buffers, tensors)
         self.sched_state = sched.state_dict()
 
     def restore(self) -> None:
+        for p in self.fresh:
+            self.opt.state.pop(p, None)
+        tensors = self._tensors(self.params, self.opt)
         with torch.no_grad():
-            torch._foreach_copy_(self.params, self.weights)
-        self.opt.load_state_dict(self.state)
+            torch._foreach_copy_(tensors, self.buffers[: len(tensors)])
         self.sched.load_state_dict(self.sched_state)
 
 
