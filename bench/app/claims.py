@@ -158,3 +158,42 @@ def verdicts(frames: dict[str, pd.DataFrame]) -> list:
         judge.k_scaling(frames["k"]),
         judge.seed_variance(frames["seeds"]),
     ]
+
+
+def run_claims(*, seeds: int, workers: int, scale: str, dry_run: bool, tracking_uri) -> bool:
+    """Plan (and unless ``dry_run`` run) the experiments, then write the report. False if a run
+    failed."""
+    import time
+
+    from bench.app.compare import finished_configs, run_all
+    from bench.core.paths import results_dir
+    from bench.core.progress import console
+    from bench.tracking import cpu_model
+    from reports.claims import summary_markdown, write_report
+
+    exps = resolve(experiments(seeds, scale), threads=1 if workers > 1 else 0)
+    runs = unique_runs(exps)
+    done = finished_configs([cfg for cfg, _ in runs.values()], tracking_uri)
+    todo = [h for h in runs if h not in done]
+    for e in exps:
+        mine = {config_hash(cfg) for cfg in e.cfgs}
+        console.print(f"{e.name}: {len(e.points)} runs ({len(mine - done)} to do)", highlight=False)
+    eta = estimate_seconds(exps, set(todo), workers)
+    console.print(
+        f"{len(runs)} distinct runs, {len(todo)} to do: about {eta / 60:.0f} min with {workers} workers"
+    )
+    if dry_run:
+        return True
+    start = time.time()
+    outcomes = run_all(
+        [runs[h][0] for h in todo], workers, tracking_uri, [runs[h][1] for h in todo]
+    )
+    found = verdicts(finals(exps, tracking_uri))
+    provenance = (
+        f"{time.strftime('%Y-%m-%d')}, `bench claims --seeds {seeds} --scale {scale}`, {cpu_model()}, "
+        f"{len(todo)} runs in {(time.time() - start) / 60:.1f} min"
+    )
+    path = write_report(found, results_dir() / "reports" / "claims", provenance)
+    console.print(summary_markdown(found, provenance), highlight=False, markup=False)
+    console.print(f"report: {path}")
+    return not any(o.error for o in outcomes)

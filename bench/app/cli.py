@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import functools
 import os
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -12,10 +10,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from bench.core import signals
-from bench.core.errors import BenchError, RunFailed
+from bench.app import boundary
+from bench.app.boundary import user_errors
+from bench.app.tables import print_frame, print_plan, print_summary, report_and_exit
+from bench.core.errors import BenchError
 from bench.core.progress import console
-from bench.core.signals import terminate_as_interrupt
 
 app = typer.Typer(
     add_completion=False,
@@ -31,39 +30,6 @@ TrackingUri = Annotated[
         "--tracking-uri", help="MLflow URI (default: $MLFLOW_TRACKING_URI or sqlite under results/)"
     ),
 ]
-
-
-def user_errors(fn):
-    """The error boundary of every command: a user's mistake is one line and exit 2, a failed
-    run one line and exit 1; ``--debug`` (or BENCH_DEBUG=1) shows the traceback instead."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (typer.Exit, KeyboardInterrupt):
-            raise
-        except Exception as e:
-            if os.environ.get("BENCH_DEBUG") == "1":
-                raise
-            line, code = error_line(e)
-            console.print(f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True)
-            raise typer.Exit(code) from None
-
-    return wrapper
-
-
-def error_line(e: Exception) -> tuple[str, int]:
-    """(one line, exit code) for an exception that reached a command."""
-    if isinstance(e, BenchError):
-        return str(e), 2
-    if isinstance(e, RunFailed):
-        return str(e), 1
-    if isinstance(e, OSError) and e.strerror:  # disk full, permissions, a missing file
-        where = f" {e.filename}" if e.filename else ""
-        return f"cannot use{where}: {e.strerror}", 2
-    first = (str(e).strip().splitlines() or [""])[0][:300]
-    return f"internal error: {type(e).__name__}: {first} (--debug shows the traceback)", 1
 
 
 @app.callback()
@@ -178,7 +144,7 @@ def compare(
             )
         cfgs = todo
     outcomes = run_all(cfgs, workers, tracking_uri)
-    _report_and_exit(outcomes, cfg.tracking.experiment, tracking_uri, cfg.compare.algorithms[0])
+    report_and_exit(outcomes, cfg.tracking.experiment, tracking_uri, cfg.compare.algorithms[0])
 
 
 @app.command()
@@ -220,7 +186,7 @@ def sweep(
         return
     tags = [{"sweep.id": sid, "sweep.point": p} for p, _ in todo]
     outcomes = run_all([c for _, c in todo], workers, tracking_uri, tags)
-    _report_and_exit(outcomes, points[0][1].tracking.experiment, tracking_uri)
+    report_and_exit(outcomes, points[0][1].tracking.experiment, tracking_uri)
 
 
 @app.command()
@@ -261,100 +227,6 @@ def theory(
         raise typer.Exit(1)
 
 
-def print_frame(frame, title: str, floatfmt: str = "{:.4f}") -> None:
-    """A DataFrame as a rich table on the console."""
-    table = Table(title=title)
-    for col in frame.columns:
-        table.add_column(str(col))
-    for row in frame.itertuples(index=False):
-        table.add_row(
-            *[floatfmt.format(v) if isinstance(v, float) else escape(str(v)) for v in row]
-        )
-    console.print(table)
-
-
-def _report_and_exit(
-    outcomes, experiment: str, tracking_uri: str | None, reference: str | None = None
-) -> None:
-    """Report from MLflow (whatever finished), then exit 1 if any run failed."""
-    from reports.report import build_report
-
-    result = build_report(experiment, tracking_uri, reference=reference)
-    _print_summary(result["summary"])
-    console.print(result["runs"], highlight=False)
-    console.print(result["machines"], highlight=False, markup=False)
-    console.print(f"report: {result['report']}")
-    failed = [o for o in outcomes if o.error]
-    if failed:
-        names = ", ".join(escape(o.name) for o in failed)
-        console.print(f"[red]{len(failed)} run(s) failed:[/red] {names} (re-run to retry them)")
-        raise typer.Exit(1)
-
-
-def _print_summary(summary) -> None:
-    table = Table(title="final eval: mean ± std over seeds, 95% CI; base = warm-start model")
-    for col in ("task", "algorithm", "metric", "n", "mean ± std", "95% CI", "base"):
-        table.add_column(col)
-    for r in summary[summary.metric.isin(["accuracy", "avg_at_k"])].itertuples():
-        ci = f"{r.ci_low:.3f}-{r.ci_high:.3f}" if r.n_seeds > 1 else "-"
-        table.add_row(
-            r.task,
-            escape(r.algorithm),
-            r.metric,
-            str(r.n_seeds),
-            f"{r.mean:.3f} ± {r.std:.3f}",
-            ci,
-            f"{r.base_value:.3f}",
-        )
-    console.print(table)
-
-
-def config_hash(cfg) -> str:
-    from bench.config import config_hash as hash_of
-
-    return hash_of(cfg)
-
-
-def cpu_model() -> str:
-    from bench.tracking import cpu_model as model
-
-    return model()
-
-
-def print_plan(cfg, workload) -> bool:
-    """The memory and compute tables of ``cfg`` on stdout (a verdict that it does not fit on
-    stderr, as an error); True if it fits."""
-    from rich.console import Console
-
-    from algorithms import ALGORITHMS
-    from bench.plan import GB, make_plan
-
-    p = make_plan(cfg, workload, needs_ref=ALGORITHMS.get(cfg.algorithm).needs.ref_logp)
-    w = workload
-    table = Table(
-        title=f"memory per GPU: {w.gpus} x {w.gpu_memory_gb:g} GB, prompts of {w.prompt_tokens} tokens"
-    )
-    table.add_column("item")
-    table.add_column("GB", justify="right")
-    for item, size in p.memory:
-        table.add_row(escape(item), f"{size / GB:.2f}")
-    table.add_row("[bold]total[/bold]", f"[bold]{p.total / GB:.2f}[/bold]")
-    out = Console()
-    out.print(table)
-    flops = ", ".join(f"{k} {v / 1e12:,.1f}" for k, v in p.flops.items())
-    out.print(f"TFLOP per step: {flops}", highlight=False)
-    out.print(
-        f"{cfg.train.steps} steps: {p.gpu_hours:,.1f} GPU-hours at {w.utilization:.0%} of "
-        f"{w.gpu_tflops:g} TFLOP/s",
-        highlight=False,
-    )
-    if p.fits:
-        out.print(p.verdict, highlight=False)
-    else:
-        console.print(f"[red]error:[/red] {p.verdict}", highlight=False)
-    return p.fits
-
-
 @app.command()
 @user_errors
 def claims(
@@ -371,41 +243,13 @@ def claims(
     tracking_uri: TrackingUri = None,
 ):
     """Each claim of the GVPO paper as one experiment, then a report with a verdict per claim."""
-    import time
-
-    from bench.app import claims as c
-    from bench.app.compare import finished_configs, run_all
-    from bench.core.paths import results_dir
-    from reports.claims import summary_markdown, write_report
+    from bench.app.claims import run_claims
 
     if scale not in ("full", "smoke"):
         raise BenchError(f"--scale: unknown scale '{scale}' (choose from: full, smoke)")
-    exps = c.resolve(c.experiments(seeds, scale), threads=1 if workers > 1 else 0)
-    runs = c.unique_runs(exps)
-    done = finished_configs([cfg for cfg, _ in runs.values()], tracking_uri)
-    todo = [h for h in runs if h not in done]
-    for e in exps:
-        mine = {config_hash(cfg) for cfg in e.cfgs}
-        console.print(f"{e.name}: {len(e.points)} runs ({len(mine - done)} to do)", highlight=False)
-    eta = c.estimate_seconds(exps, set(todo), workers)
-    console.print(
-        f"{len(runs)} distinct runs, {len(todo)} to do: about {eta / 60:.0f} min with {workers} workers"
-    )
-    if dry_run:
-        return
-    start = time.time()
-    outcomes = run_all(
-        [runs[h][0] for h in todo], workers, tracking_uri, [runs[h][1] for h in todo]
-    )
-    verdicts = c.verdicts(c.finals(exps, tracking_uri))
-    provenance = (
-        f"{time.strftime('%Y-%m-%d')}, `bench claims --seeds {seeds} --scale {scale}`, {cpu_model()}, "
-        f"{len(todo)} runs in {(time.time() - start) / 60:.1f} min"
-    )
-    path = write_report(verdicts, results_dir() / "reports" / "claims", provenance)
-    console.print(summary_markdown(verdicts, provenance), highlight=False, markup=False)
-    console.print(f"report: {path}")
-    if any(o.error for o in outcomes):
+    if not run_claims(
+        seeds=seeds, workers=workers, scale=scale, dry_run=dry_run, tracking_uri=tracking_uri
+    ):
         raise typer.Exit(1)
 
 
@@ -542,7 +386,7 @@ def report(
     from reports.report import build_report
 
     result = build_report(experiment, tracking_uri, out, filter, reference, detect)
-    _print_summary(result["summary"])
+    print_summary(result["summary"])
     console.print(result["runs"], highlight=False)
     console.print(result["machines"], highlight=False, markup=False)
     console.print(f"report: {result['report']}")
@@ -567,36 +411,7 @@ def list_():
 
 
 def main() -> None:
-    terminate_as_interrupt()  # SIGTERM ends a run KILLED, as Ctrl-C does
-    try:
-        code = _invoke()
-    except KeyboardInterrupt:
-        if signals.received["SIGTERM"]:
-            console.print("terminated")
-            sys.exit(143)
-        console.print("interrupted")
-        sys.exit(130)
-    sys.exit(code)
-
-
-def _invoke() -> int:
-    """Run the app; a usage error is one line and exit 2."""
-    try:
-        code = app(standalone_mode=False)
-        if code == 130:  # typer returns its answer to KeyboardInterrupt (SIGINT, our SIGTERM)
-            raise KeyboardInterrupt
-        return code if isinstance(code, int) else 0
-    except typer.Exit as e:
-        if e.exit_code == 130:  # typer's own answer to KeyboardInterrupt (SIGINT or our SIGTERM)
-            raise KeyboardInterrupt from None
-        return e.exit_code
-    except typer.TyperException as e:  # click's usage errors: a bad option, command or value
-        message = e.format_message() if hasattr(e, "format_message") else str(e)
-        if type(e).__name__ == "NoArgsIsHelpError":  # `bench` alone: the help
-            console.print(message, highlight=False, markup=False)
-            return 0
-        console.print(f"[red]error:[/red] {escape(message.splitlines()[0])}", highlight=False)
-        return getattr(e, "exit_code", 2)
+    boundary.main(app)
 
 
 if __name__ == "__main__":
