@@ -72,8 +72,16 @@ def forward(
         hidden=value_head is not None,
         chunk=chunk,
     )
-    values = value_head(res.hidden).squeeze(-1).float() if value_head is not None else None
+    values = head_values(value_head, res.hidden)
     return PolicyOutput(logp=res.logp, entropy=res.entropy, values=values)
+
+
+def head_values(value_head, hidden: torch.Tensor | None) -> torch.Tensor | None:
+    """Values [B, T] in fp32 from the last hidden states (in the head's dtype: a float64 table
+    policy's one-hot states are float32)."""
+    if value_head is None:
+        return None
+    return value_head(hidden.to(value_head.weight.dtype)).squeeze(-1).float()
 
 
 def with_behaviour(batch: RolloutBatch, out: PolicyOutput) -> RolloutBatch:
@@ -111,7 +119,7 @@ def make_batch(
                 policy, ids, attn, T, temp, hidden=value_head is not None, chunk=chunk
             )
             old = res.logp if old is None else old
-            values = value_head(res.hidden).squeeze(-1).float() if value_head else None
+            values = head_values(value_head, res.hidden)
         if algo.needs.ref_logp:
             ref = token_logps(reference, ids, attn, T, temp, chunk=chunk).logp
     return RolloutBatch(

@@ -4,6 +4,7 @@ evaluation) through the one loop on a tiny model."""
 
 import pytest
 
+from algorithms import ALGORITHMS
 from bench.config import load_config
 from bench.core.errors import BenchError
 from bench.evaluate import evaluate_model
@@ -81,3 +82,11 @@ def test_task_runs_two_steps_through_the_loop(name, tracking_uri):
     final = train(load_config("smoke", overrides), tracking_uri=tracking_uri)
     assert final["perf/skipped_steps"] == 0
     assert f"eval/{name}/accuracy" in final and "train/loss" in final
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS.names())
+def test_every_algorithm_trains_the_bandit_table_policy(algorithm, tracking_uri):
+    """A float64 policy that is not a transformer (its value head must follow its dtype)."""
+    overrides = [f"algorithm={algorithm}", "train.steps=2", "eval.every=1"]
+    final = train(load_config("bandit", overrides), tracking_uri=tracking_uri)
+    assert final["perf/skipped_steps"] == 0 and "eval/bandit/tv_to_optimum" in final
