@@ -39,23 +39,23 @@ def experiments(seeds: int, scale: str) -> list[Experiment]:
     return [
         Experiment(
             "optimum", "bandit", bandit_steps,
-            [[f"algorithm={a}", f"sampling.source={s}", x] for a in algos for s in SOURCES for x in seed_list], 2.7,
+            [[f"algorithm={a}", f"sampling.source={s}", x] for a in algos for s in SOURCES for x in seed_list], 5.0,
         ),
         Experiment(
             "offpolicy", "offpolicy" if scale == "full" else arith, ["train.prompt_pool=40"] if scale == "smoke" else [],
-            [[f"algorithm={a}", f"sampling.replay_ratio={r}", x] for a in ("gvpo", "grpo") for r in (0, 0.25, 0.5) for x in seed_list], 13.0,
+            [[f"algorithm={a}", f"sampling.replay_ratio={r}", x] for a in ("gvpo", "grpo") for r in (0, 0.25, 0.5) for x in seed_list], 22.0,
         ),
         Experiment(
             "beta", arith, ["algorithm=gvpo"],
-            [[f"algorithms.gvpo.beta={b}", x] for b in (0.02, 0.05, 0.1, 0.2, 0.5) for x in seed_list], 13.0,
+            [[f"algorithms.gvpo.beta={b}", x] for b in (0.02, 0.05, 0.1, 0.2, 0.5) for x in seed_list], 22.0,
         ),
         Experiment(
             "k", arith, ["algorithm=gvpo"],
-            [[f"sampling.k={k}", f"train.prompts_per_step={p}", x] for k, p in k_budgets(scale) for x in seed_list], 13.0,
+            [[f"sampling.k={k}", f"train.prompts_per_step={p}", x] for k, p in k_budgets(scale) for x in seed_list], 22.0,
         ),
         Experiment(
             "seeds", arith, [],
-            [[f"algorithm={a}", x] for a in ("gvpo", "grpo", "dr_grpo") for x in many], 13.0,
+            [[f"algorithm={a}", x] for a in ("gvpo", "grpo", "dr_grpo") for x in many], 22.0,
         ),
     ]  # fmt: skip
 
