@@ -26,6 +26,7 @@ class Experiment:
     overrides: list[str]
     points: list[list[str]]  # one override list per run
     seconds_per_run: float  # measured on the 2-core CPU at full scale, for --dry-run
+    metric: str = "accuracy"  # the final eval metric the claim is judged on
     cfgs: list[RunConfig] = field(default_factory=list)
 
 
@@ -39,7 +40,7 @@ def experiments(seeds: int, scale: str) -> list[Experiment]:
     return [
         Experiment(
             "optimum", "bandit", bandit_steps,
-            [[f"algorithm={a}", f"sampling.source={s}", x] for a in algos for s in SOURCES for x in seed_list], 5.0,
+            [[f"algorithm={a}", f"sampling.source={s}", x] for a in algos for s in SOURCES for x in seed_list], 5.0, "tv_to_optimum",
         ),
         Experiment(
             "offpolicy", "offpolicy" if scale == "full" else arith, ["train.prompt_pool=40"] if scale == "smoke" else [],
@@ -113,7 +114,6 @@ def finals(exps: list[Experiment], tracking_uri: str | None) -> dict[str, pd.Dat
             h = config_hash(cfg)
             if h not in by_hash.index:
                 continue
-            metric = "tv_to_optimum" if cfg.task == "bandit" else "accuracy"
             prompts, k = cfg.train.prompts_per_step, cfg.sampling.k
             budgets = [
                 b
@@ -124,7 +124,7 @@ def finals(exps: list[Experiment], tracking_uri: str | None) -> dict[str, pd.Dat
                 rows.append(
                     {
                         "run_id": by_hash.loc[h, "run_id"],
-                        "key": f"eval/{cfg.task}/{metric}",
+                        "key": f"eval/{cfg.task}/{e.metric}",
                         "algorithm": cfg.algorithm,
                         "seed": cfg.seed,
                         "source": cfg.sampling.source,
