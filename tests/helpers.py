@@ -70,3 +70,17 @@ def arch_model(arch: str, tok, attn_implementation: str | None = None, seed: int
     config = AutoConfig.for_model(arch, **kw)
     impl = {"attn_implementation": attn_implementation} if attn_implementation else {}
     return AutoModelForCausalLM.from_config(config, **impl).eval()
+
+
+def bench(*args, results, wait=True, timeout=300):
+    """`bench ARGS` as a real subprocess with its results under ``results`` (no progress bars):
+    the finished process, or the running one when ``wait`` is False."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "BENCH_PROGRESS": "0", "BENCH_RESULTS": str(results)}
+    cmd = [sys.executable, "-m", "bench.app.cli", *args]
+    if wait:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

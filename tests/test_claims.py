@@ -1,28 +1,14 @@
 """`bench claims`: the plan of the five experiments, verdict rules on hand-made finals, and a
 smoke-sized run that ends with a verdict for every claim."""
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pandas as pd
 import pytest
 
 from reports import claims as judge
+from tests.helpers import bench
 
 VERDICTS = {judge.HOLDS, judge.NOT_REPRODUCED, judge.CONTRADICTED}
-
-
-def bench(*args, results):
-    env = {**os.environ, "BENCH_PROGRESS": "0", "BENCH_RESULTS": str(results)}
-    return subprocess.run(
-        [sys.executable, "-m", "bench.app.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=env,
-    )
 
 
 def test_dry_run_lists_the_five_experiments_and_the_time(tmp_path):
@@ -74,7 +60,7 @@ def test_verdict_rules_on_hand_made_finals():
 
 @pytest.mark.slow
 def test_a_smoke_sized_run_ends_with_a_verdict_for_every_claim(tmp_path):
-    out = bench("claims", "--scale", "smoke", "--seeds", "2", results=tmp_path)
+    out = bench("claims", "--scale", "smoke", "--seeds", "2", results=tmp_path, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     report = (tmp_path / "reports" / "claims" / "report.md").read_text()
     rows = [line for line in report.splitlines() if line.startswith("| ") and "**" in line]

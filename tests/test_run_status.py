@@ -2,10 +2,7 @@
 `bench` processes started together, killed with SIGKILL and SIGTERM, and interrupted with SIGINT;
 and a step that makes the weights non-finite is undone, counted, and stops the run."""
 
-import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -14,18 +11,11 @@ import torch
 from bench.config import load_config
 from bench.core.errors import RunFailed
 from bench.update import Counters
+from tests.helpers import bench
 
 pytestmark = pytest.mark.slow
 
 QUICK = ["train.steps=1", "model.warmstart_steps=0", "eval.max_prompts=4", "eval.k=0"]
-
-
-def bench(*args, results, wait=True, **kw):
-    env = {**os.environ, "BENCH_PROGRESS": "0", "BENCH_RESULTS": str(results)}
-    cmd = [sys.executable, "-m", "bench.app.cli", *args]
-    if wait:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, **kw)
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def statuses(results) -> dict[str, str]:
