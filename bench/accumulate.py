@@ -41,39 +41,54 @@ def row_tokens(batch: RolloutBatch) -> list[int]:
     return batch.attention_mask.sum(-1).tolist()
 
 
-def _gather(outs: list[PolicyOutput], parts: list[Tensor], field: str, B: int) -> Tensor | None:
-    """Rows of ``field`` from each micro-batch's output, put back in minibatch order."""
-    first = getattr(outs[0], field)
+def _gather(outs: list[PolicyOutput], parts: list, field: str, B: int) -> Tensor | None:
+    """Rows of ``field`` from each micro-batch's output, put back in minibatch order (rows of no
+    part are zeros; a ``None`` part is a stand-in whose output is dropped)."""
+    first = getattr(outs[0], field) if outs else None
     if first is None:
         return None
     full = first.new_zeros((B, *first.shape[1:]))
     for out, idx in zip(outs, parts, strict=True):
-        full[idx.to(full.device)] = getattr(out, field)
+        if idx is not None:
+            full[idx.to(full.device)] = getattr(out, field)
     return full
 
 
-def accumulated_backward(mb: RolloutBatch, parts: list[Tensor], forward, loss_fn):
+def _no_combine(t: Tensor) -> Tensor:
+    return t
+
+
+STAND_IN = torch.zeros(1, dtype=torch.long)  # the row a ``None`` part runs (its result unused)
+
+
+def accumulated_backward(mb: RolloutBatch, parts: list, forward, loss_fn, combine=_no_combine):
     """Back-propagate the gradient of ``loss_fn(mb, forward(mb))`` micro-batch by micro-batch.
 
     ``forward(batch) -> PolicyOutput`` runs the policy (with grad when grad is enabled);
     ``loss_fn(batch, out) -> (loss, metrics, batch)`` is the algorithm's loss on the whole
     minibatch (returning the batch it used, e.g. with behaviour log-probs filled in).
+    Sharded, ``parts`` are this rank's rows only (``None``: a stand-in forward that keeps the
+    ranks' forwards in step) and ``combine`` sums the ranks' outputs, so that every rank takes
+    the loss on the whole minibatch and back-propagates its own rows' share.
     Returns (loss, metrics, the whole minibatch's output, detached)."""
     with torch.no_grad():
-        outs = [forward(mb.select(idx)) for idx in parts]
-    logp = _gather(outs, parts, "logp", mb.size).requires_grad_(True)
-    values = _gather(outs, parts, "values", mb.size)
+        outs = [forward(mb.select(STAND_IN if idx is None else idx)) for idx in parts]
+    fields = {f: _gather(outs, parts, f, mb.size) for f in ("logp", "entropy", "values")}
+    logp, entropy, values = (None if t is None else combine(t) for t in fields.values())
+    logp.requires_grad_(True)
     if values is not None:
         values.requires_grad_(True)
-    out = PolicyOutput(logp=logp, entropy=_gather(outs, parts, "entropy", mb.size), values=values)
+    out = PolicyOutput(logp=logp, entropy=entropy, values=values)
     loss, metrics, _ = loss_fn(mb, out)
     leaves = [t for t in (logp, values) if t is not None]
     coeffs = torch.autograd.grad(loss, leaves, allow_unused=True)
     c_logp, c_values = (list(coeffs) + [None])[:2]
     for idx in parts:
-        micro = forward(mb.select(idx))
-        at = idx.to(logp.device)
+        micro = forward(mb.select(STAND_IN if idx is None else idx))
+        at = (STAND_IN if idx is None else idx).to(logp.device)
         surrogate = _weighted(c_logp, at, micro.logp) + _weighted(c_values, at, micro.values)
+        if idx is None:  # a stand-in: a zero gradient, but its backward joins the collectives
+            surrogate = surrogate * 0.0
         if surrogate.requires_grad:
             surrogate.backward()
     detached = PolicyOutput(logp.detach(), out.entropy, None if values is None else values.detach())

@@ -108,6 +108,9 @@ class TrainConfig:
     # keep a copy of the weights and optimiser state during each step, to undo a non-finite one
     undo_nonfinite: bool = True
     threads: Size = 0  # torch threads (0 = leave torch's default)
+    # over several processes (torchrun, --nproc): ddp replicates, fsdp shards (FSDP2)
+    sharding: Literal["none", "ddp", "fsdp"] = "none"
+    collective_timeout_s: Positive = 600.0  # a rank waiting longer in a collective fails
     save_checkpoint: bool = False  # save the final policy under results/checkpoints/<run_id>
 
 
@@ -440,12 +443,14 @@ def flatten(cfg: RunConfig) -> dict[str, Any]:
 
 def config_hash(cfg: RunConfig) -> str:
     """What a run computes, as a short hash (tag ``bench.config``): the resolved config less how
-    it is executed and where it is logged (threads, tracking, run name)."""
+    it is executed and where it is logged (threads, sharding, tracking, run name)."""
     import hashlib
 
     same = dataclasses.replace(
         cfg,
-        train=dataclasses.replace(cfg.train, threads=0),
+        train=dataclasses.replace(
+            cfg.train, threads=0, sharding="none", collective_timeout_s=600.0
+        ),  # how many processes ran it does not change what it computes (docs/distributed.md)
         tracking=TrackingConfig(),
         run_name="",
         compare=CompareConfig(),

@@ -20,18 +20,19 @@ import torch
 from rich.markup import escape
 
 from algorithms import ALGORITHMS
+from bench import distributed
 from bench.config import RunConfig, config_hash, flatten, to_yaml
 from bench.core.errors import BenchError
 from bench.core.generation import Generation, Sampler, Source
 from bench.core.paths import results_dir
 from bench.core.progress import bar
 from bench.core.rewards import score
+from bench.distributed import World
 from bench.evaluate import evaluate
-from bench.memory import enable_checkpointing
 from bench.models import load_policy, n_params
 from bench.precision import compute_precision, frozen_reference, master_weights
 from bench.sources import PreferencePairs, Rollouts
-from bench.tracking import Tracker, resolve_uri
+from bench.tracking import RankTracker, Tracker, resolve_uri
 from bench.update import Counters, Learner
 from bench.vllm_sampler import make_sampler
 from tasks import TASKS, Task
@@ -68,7 +69,8 @@ class Run:
     sampler: Sampler
     source: Source
     stream: object  # prompt_stream generator
-    tracker: Tracker
+    tracker: Tracker | RankTracker
+    world: World = field(default_factory=World)
     counters: Counters = field(default_factory=Counters)
     samples: list[str] = field(default_factory=list)  # JSON lines of logged completions
     final: dict = field(default_factory=dict)  # the last value of every metric
@@ -92,38 +94,55 @@ def train_pool(cfg: RunConfig, task: Task) -> list[dict]:
 
 
 def set_up(cfg: RunConfig, sampler: Sampler | None, tracking_uri: str | None, tags: dict) -> Run:
-    """Model, reference, learner, source and MLflow run of a training run."""
+    """Model, reference, learner, source and MLflow run of a training run (on each rank of a
+    sharded run: rank 0 alone opens the MLflow run)."""
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    world = distributed.init(cfg.train.collective_timeout_s)
     algo = ALGORITHMS.get(cfg.algorithm)
     task = TASKS.get(cfg.task)(cfg.task_config())
     sampler = sampler or make_sampler(cfg.sampling, cfg.seed)
+    if world.sharded:
+        sampler = distributed.ShardedSampler(sampler, world)
     pool = train_pool(cfg, task)
-    policy, tokenizer, info = load_policy(cfg.model, task)
+    with distributed.main_first(world):  # rank 0 warm-starts into the cache, the others load it
+        policy, tokenizer, info = load_policy(cfg.model, task)
     policy = master_weights(policy)
     task.bind_tokenizer(tokenizer)
     seed_all(cfg.seed)
     reference = frozen_reference(policy, cfg)
-    if cfg.model.gradient_checkpointing:
-        enable_checkpointing(policy)
+    size = n_params(policy)
+    learner = Learner.build(policy, reference, algo, cfg, world)
     if cfg.sampling.source == "dataset":  # offline preference pairs instead of sampling
         source = PreferencePairs(pool, cfg.sampling.max_new_tokens)
     else:
         source = Rollouts(cfg, task, sampler, reference, cfg.seed)
-    learner = Learner.build(policy, reference, algo, cfg)
     tags = {
         **tags,
         "task_version": task.version,
         "model.cache": info["cache"],
-        "model.n_params": str(n_params(policy)),
+        "model.n_params": str(size),
         "algorithm.source": algo.source,
         "bench.config": config_hash(cfg),
     }
-    uri = resolve_uri(tracking_uri or cfg.tracking.uri)
-    tracker = Tracker(uri, cfg.tracking.experiment, cfg.name, flatten(cfg), tags)
-    tracker.log_text(to_yaml(cfg), "config.yaml")
+    tracker = open_tracker(cfg, tracking_uri, tags, world)
     stream = prompt_stream(pool, cfg.train.prompts_per_step, cfg.seed)
-    return Run(cfg, task, tokenizer, learner, sampler, source, stream, tracker)
+    return Run(cfg, task, tokenizer, learner, sampler, source, stream, tracker, world=world)
+
+
+def open_tracker(cfg: RunConfig, tracking_uri, tags: dict, world: World):
+    """The run's MLflow run (rank 0), its run id known to every rank."""
+    tracker = None
+    if world.main:
+        uri = resolve_uri(tracking_uri or cfg.tracking.uri)
+        params = flatten(cfg) | {"world_size": world.size}
+        tracker = Tracker(uri, cfg.tracking.experiment, cfg.name, params, tags)
+        tracker.log_text(to_yaml(cfg), "config.yaml")
+    run_id = distributed.gather(tracker.run_id if tracker else None, world)[0]
+    if world.launch is not None and world.main:
+        (world.launch / "tracking_uri").write_text(tracker.uri)
+        (world.launch / "run_id").write_text(run_id)
+    return tracker or RankTracker(run_id)
 
 
 def draw(run: Run) -> tuple[list[dict], Generation]:
@@ -132,7 +151,7 @@ def draw(run: Run) -> tuple[list[dict], Generation]:
     rows = [r for r in next(run.stream) for _ in range(k)]
     prompts = [r["prompt"] for r in rows[::k]]
     with compute_precision(run.cfg, run.learner.policy):
-        return rows, run.source.draw(run.learner.policy, run.tokenizer, prompts)
+        return rows, run.source.draw(run.learner.sampling_policy, run.tokenizer, prompts)
 
 
 def rewards_of(run: Run, rows: list[dict], gen: Generation) -> tuple[torch.Tensor, int]:
@@ -200,7 +219,7 @@ def log(run: Run, metrics: dict[str, float], step: int) -> None:
 
 def run_eval(run: Run, step: int) -> None:
     cfg = run.cfg
-    policy = run.learner.policy
+    policy = run.learner.sampling_policy
     with compute_precision(cfg, policy):
         m = evaluate(
             policy,
@@ -216,8 +235,10 @@ def run_eval(run: Run, step: int) -> None:
 
 
 def save_final_checkpoint(run: Run) -> None:
+    if not run.world.main:
+        return
     path = checkpoint_dir(run.tracker.run_id)
-    run.learner.policy.save_pretrained(path)
+    run.learner.sampling_policy.save_pretrained(path)
     run.tokenizer.save_pretrained(path)
     run.tracker.set_tags({"checkpoint": str(path)})
 
@@ -231,6 +252,22 @@ def finish(run: Run, status: str) -> None:
     if run.samples:
         run.tracker.log_text("\n".join(run.samples) + "\n", "samples.jsonl")
     run.tracker.end(status)
+
+
+def ended(run: Run, status: str, error: BaseException) -> str:
+    """The status of a run that stopped on ``error``, its reason tagged: under sharding a rank
+    that failed first is named (``bench.failed_rank``), and the run is FAILED even when this
+    rank was only stopped because of it."""
+    reason = {"bench.end": (str(error).splitlines() or [type(error).__name__])[0][:500]}
+    if run.world.sharded:
+        if status == "FAILED":
+            distributed.record_failure(error)
+        first = distributed.first_failure(run.world)
+        if first is not None:
+            status, reason = "FAILED", {"bench.failed_rank": first[0], "bench.end": first[1]}
+    if status == "FAILED":
+        run.tracker.set_tags(reason)
+    return status
 
 
 def train(
@@ -262,11 +299,11 @@ def train(
         if cfg.train.save_checkpoint:
             save_final_checkpoint(run)
         status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
+    except KeyboardInterrupt as e:
+        status = ended(run, "KILLED", e)
         raise
     except Exception as e:  # the reason, in one line, next to the FAILED status
-        run.tracker.set_tags({"bench.end": (str(e).splitlines() or [type(e).__name__])[0][:500]})
+        status = ended(run, "FAILED", e)
         raise
     finally:
         finish(run, status)

@@ -35,8 +35,9 @@ class HFSampler:
     also apply a checkpoint's generation_config extras (repetition_penalty, top_k, min_p, ...).
     Models without an HF KV cache (e.g. the bandit's table policy) go through ``model.generate``."""
 
-    def __init__(self, batch_size: int = 512):
+    def __init__(self, batch_size: int = 512, keyed: bool = True):
         self.batch_size = batch_size  # prompts*k rows per decode loop
+        self.keyed = keyed  # keyed draws (``keyed_uniform``); False: the global generator
 
     def weights_changed(self) -> None:  # the loop reads the live model: nothing to sync
         pass
@@ -53,18 +54,23 @@ class HFSampler:
         temperature=1.0,
         top_p=1.0,
         greedy=False,
+        keys=None,
     ):
+        """``keys`` [len(prompts)]: each prompt's draw key (default: ``prompt_keys``)."""
         prompt_ids, prompt_mask = prompt_tensors(tokenizer, prompts, 1)
         device = model_device(model)
-        draw = _Draw(temperature, top_p, greedy)
+        if keys is None and self.keyed:
+            keys = prompt_keys(len(prompts))
         per_call = max(1, self.batch_size // k)
         chunks = []
         for s in range(0, prompt_ids.shape[0], per_call):
             ids = prompt_ids[s : s + per_call].to(device)
             mask = prompt_mask[s : s + per_call].to(device)
+            row_keys = None if keys is None else sample_keys(keys[s : s + per_call], k)
+            draw = _Draw(temperature, top_p, greedy, row_keys)
             if _has_kv_cache(model):
                 new = _decode(model, ids, mask, k, draw, tokenizer, max_new_tokens=max_new_tokens)
-            else:
+            else:  # model.generate draws from the global generator: keys do not apply
                 new = _library_generate(
                     model, ids, mask, k, draw, tokenizer, max_new_tokens=max_new_tokens
                 )
@@ -83,36 +89,95 @@ class _Draw:
     restricted to the top_p nucleus (transformers' own warper), as in HF generate.
 
     ``live`` names the rows of an ``n_rows`` batch that the logits belong to (rows that ended
-    have left the batch): uniforms are still drawn for all n_rows rows, as generate draws for
-    finished rows too, so the live rows get generate's tokens for a seed."""
+    have left the batch). With ``row_keys`` [n_rows] the uniforms of row i at token t are
+    ``keyed_uniform(row_keys[i], t)``; without, they come from the global generator, drawn for
+    all n_rows rows as generate draws for finished rows too, so the live rows get generate's
+    tokens for a seed."""
 
     temperature: float
     top_p: float
     greedy: bool
+    row_keys: Tensor | None = None
 
-    def __call__(self, logits: Tensor, live: Tensor | None = None, n_rows: int = 0) -> Tensor:
+    def __call__(self, logits: Tensor, live: Tensor | None = None, n_rows: int = 0, t: int = 0):
         if self.greedy:
             return logits.argmax(-1)
         if self.temperature != 1.0:
             logits = logits / self.temperature
         if self.top_p < 1.0:
             logits = TopPLogitsWarper(self.top_p)(None, logits)
-        return multinomial_one(logits.softmax(-1), live, n_rows)
+        if self.row_keys is None:
+            return multinomial_one(logits.softmax(-1), live, n_rows)
+        keys = self.row_keys if live is None else self.row_keys[live.cpu()]
+        return multinomial_one(logits.softmax(-1), uniforms=keyed_uniform(keys, t, logits.shape[1]))
 
 
-def multinomial_one(probs: Tensor, live: Tensor | None = None, n_rows: int = 0) -> Tensor:
+# Keyed draws: the uniforms behind a sampled token are a hash (splitmix64) of (row key, token
+# position, vocabulary index), so a completion depends on its key only, not on the batch it is
+# decoded in, how that batch is cut (``batch_size``), or the process that decodes it. A prompt's
+# key comes from one draw of the global generator per ``generate`` call and the prompt's index
+# in the call; a row's from its prompt's key and its index j < k in the group.
+_M1, _M2, _GOLDEN = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB, 0x9E3779B97F4A7C15
+
+
+def _int64(x: int) -> int:
+    return x - (1 << 64) if x >= 1 << 63 else x
+
+
+def _shr(x: Tensor, s: int) -> Tensor:
+    """Logical right shift of int64 bits."""
+    return (x >> s) & ((1 << (64 - s)) - 1)
+
+
+def splitmix64(x: Tensor) -> Tensor:
+    """The splitmix64 finaliser on int64 tensors (wrapping arithmetic = uint64 bits)."""
+    x = x ^ _shr(x, 30)
+    x = x * _int64(_M1)
+    x = x ^ _shr(x, 27)
+    x = x * _int64(_M2)
+    return x ^ _shr(x, 31)
+
+
+def keyed_uniform(keys: Tensor, t: int, n: int) -> Tensor:
+    """Uniforms in (0, 1), float64 [len(keys), n]: a hash of (key, t, column)."""
+    row = splitmix64(keys.long() * _int64(_GOLDEN) + t)
+    cols = torch.arange(n, dtype=torch.long) * _int64(_GOLDEN)
+    x = splitmix64(row[:, None] ^ splitmix64(cols)[None, :])
+    return (_shr(x, 11).double() + 0.5) / float(1 << 53)
+
+
+def prompt_keys(n: int, first: int = 0) -> Tensor:
+    """Draw keys of n prompts: one draw of the global generator (the same on every rank), mixed
+    with each prompt's index ``first + i`` in the call."""
+    base = int(torch.randint(0, 1 << 62, ()))
+    return splitmix64(torch.full((n,), base) + torch.arange(first, first + n) * _int64(_GOLDEN))
+
+
+def sample_keys(keys: Tensor, k: int) -> Tensor:
+    """Keys of the k rows of each prompt (prompt-major, as the decode batch)."""
+    j = torch.arange(k).repeat(len(keys))
+    return splitmix64(keys.repeat_interleave(k) ^ splitmix64(j + 1))
+
+
+def multinomial_one(
+    probs: Tensor, live: Tensor | None = None, n_rows: int = 0, uniforms: Tensor | None = None
+) -> Tensor:
     """``torch.multinomial(probs, 1).squeeze(1)`` by the same exponential race, argmax p / q with
     q ~ Exp(1) = -log1p(-u), u uniform in float64: on the CPU the same generator draws and the
     same tokens (tested), 2.6x faster (torch's CPU ``exponential_`` costs 0.33 ms for 64 x 258).
-    With ``live``, probs are rows ``live`` of an n_rows batch: the draw of those rows."""
+    With ``live``, probs are rows ``live`` of an n_rows batch: the draw of those rows. Given
+    ``uniforms`` (keyed draws) are used instead of the generator's."""
     if not bool(((probs >= 0) & (probs < torch.inf)).all()):  # also False for NaN
         raise NonFinite(
             "the policy's next-token probabilities contain inf, nan or values < 0 "
             "(non-finite weights or logits: a lower train.lr or train.max_grad_norm?)"
         )
-    shape = probs.shape if live is None else (n_rows, probs.shape[1])
-    u = torch.rand(shape, dtype=torch.float64, device=probs.device)
-    u = u if live is None else u[live]
+    if uniforms is not None:
+        u = uniforms.to(probs.device)
+    else:
+        shape = probs.shape if live is None else (n_rows, probs.shape[1])
+        u = torch.rand(shape, dtype=torch.float64, device=probs.device)
+        u = u if live is None else u[live]
     return (probs / (-torch.log1p(-u)).to(probs.dtype)).argmax(-1)
 
 
@@ -138,7 +203,7 @@ def _decode(model, ids: Tensor, mask: Tensor, k: int, draw, tokenizer, *, max_ne
     tokens = torch.full((n, max_new_tokens), pad, dtype=torch.long, device=mask.device)
     live = torch.arange(n, device=mask.device)  # rows still being decoded
     for t in range(max_new_tokens):
-        token = draw(logits, live, n)
+        token = draw(logits, live, n, t)
         tokens[live, t] = token
         going = token != eos
         if t + 1 == max_new_tokens or not bool(going.any()):

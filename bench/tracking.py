@@ -225,3 +225,26 @@ class Tracker:
     def end(self, status: str = "FINISHED") -> None:
         self.flush()
         self.client.set_terminated(self.run_id, status=status)
+
+
+class RankTracker:
+    """What ranks other than 0 of a sharded run have instead of a ``Tracker``: rank 0 alone
+    talks to MLflow, the others know its run id (for their error files and checkpoints)."""
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        pass
+
+    def log_text(self, text: str, name: str) -> None:
+        pass
+
+    def end(self, status: str = "FINISHED") -> None:
+        pass

@@ -6,12 +6,14 @@ the learner reads its declared needs (``Algorithm.needs``, ``Algorithm.select``)
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+from torch.nn.utils import clip_grad_norm_
 
 from algorithms import Algorithm
 from bench.accumulate import accumulated_backward, micro_batches, row_tokens
@@ -19,8 +21,11 @@ from bench.config import RunConfig
 from bench.core.batch import PolicyOutput, RolloutBatch, seq_sum
 from bench.core.errors import RunFailed
 from bench.core.generation import Generation
+from bench.distributed import World, most, my_rows, spread, total
+from bench.memory import enable_checkpointing
 from bench.precision import compute_precision
 from bench.rollout import model_device, token_logps
+from bench.sharding import PolicyForward, SamplingCopy, full, local, shard
 
 
 @dataclass
@@ -57,31 +62,14 @@ def minibatch_indices(group_ids: torch.Tensor, n: int, gen: torch.Generator) -> 
     return [torch.nonzero(torch.isin(group_ids, chunk)).squeeze(1) for chunk in perm.chunk(n)]
 
 
-def forward(
-    model, batch: RolloutBatch, temperature: float, value_head=None, chunk: int = 0
-) -> PolicyOutput:
-    """The training forward: per-token log-probs (with grad), entropy, values."""
+def forward(model, batch: RolloutBatch, temperature: float, chunk: int = 0) -> PolicyOutput:
+    """The training forward of a ``PolicyForward`` (possibly sharded): per-token log-probs
+    (with grad), entropy, values."""
     T = batch.mask.shape[1]
-    res = token_logps(
-        model,
-        batch.input_ids,
-        batch.attention_mask,
-        T,
-        temperature,
-        entropy=True,
-        hidden=value_head is not None,
-        chunk=chunk,
+    logp, entropy, values = model(
+        batch.input_ids, batch.attention_mask, T, temperature, entropy=True, chunk=chunk
     )
-    values = head_values(value_head, res.hidden)
-    return PolicyOutput(logp=res.logp, entropy=res.entropy, values=values)
-
-
-def head_values(value_head, hidden: torch.Tensor | None) -> torch.Tensor | None:
-    """Values [B, T] in fp32 from the last hidden states (in the head's dtype: a float64 table
-    policy's one-hot states are float32)."""
-    if value_head is None:
-        return None
-    return value_head(hidden.to(value_head.weight.dtype)).squeeze(-1).float()
+    return PolicyOutput(logp=logp, entropy=entropy, values=values)
 
 
 def with_behaviour(batch: RolloutBatch, out: PolicyOutput) -> RolloutBatch:
@@ -98,40 +86,49 @@ def make_batch(
     gen: Generation,
     rewards: torch.Tensor,
     *,
-    policy,
+    model,
     reference,
-    value_head,
     algo: Algorithm,
     cfg: RunConfig,
+    world: World = World(),
 ) -> RolloutBatch:
-    """Rollouts -> RolloutBatch with what the algorithm declared it needs."""
+    """Rollouts -> RolloutBatch with what the algorithm declared it needs. ``model`` is the
+    ``PolicyForward`` (policy and value head); each rank scores its share of the groups."""
     T, temp, k = cfg.sampling.max_new_tokens, cfg.sampling.temperature, cfg.sampling.k
     chunk = cfg.train.logprob_chunk
     ids, attn = gen.input_ids, gen.attention_mask
+    group_ids = torch.arange(rewards.shape[0] // k).repeat_interleave(k)
+    mine = my_rows(group_ids, world)
     old = gen.behaviour_logp  # off-policy rows: the log-probs they were drawn with
     values = ref = None
-    with torch.no_grad(), compute_precision(cfg, policy):
+    with torch.no_grad(), compute_precision(cfg, reference):
         # With one update per rollout batch the policy has not moved when the loss is taken, so
         # the first forward's log-probs (and values) are the behaviour ones (``with_behaviour``).
         # Off-policy rows come with their behaviour log-probs; values are the current critic's.
         if cfg.train.epochs * cfg.train.minibatches > 1:
-            res = token_logps(
-                policy, ids, attn, T, temp, hidden=value_head is not None, chunk=chunk
-            )
-            old = res.logp if old is None else old
-            values = head_values(value_head, res.hidden)
+
+            def policy_rows(rows):
+                logp, _, v = model(ids[rows], attn[rows], T, temp, entropy=False, chunk=chunk)
+                return logp, v
+
+            logp, values = spread(policy_rows, len(ids), mine, world)
+            old = logp if old is None else old
         if algo.needs.ref_logp:
-            ref = token_logps(reference, ids, attn, T, temp, chunk=chunk).logp
+
+            def reference_rows(rows):
+                return (token_logps(reference, ids[rows], attn[rows], T, temp, chunk=chunk).logp,)
+
+            (ref,) = spread(reference_rows, len(ids), mine, world)
     return RolloutBatch(
         mask=gen.completion_mask.float(),
         old_logp=old,
         rewards=rewards,
-        group_ids=torch.arange(rewards.shape[0] // k).repeat_interleave(k),
+        group_ids=group_ids,
         ref_logp=ref,
         values=values,
         input_ids=ids,
         attention_mask=attn,
-    ).to(model_device(policy))
+    ).to(model_device(reference))
 
 
 def build_optimiser(params: list, cfg: RunConfig):
@@ -157,21 +154,27 @@ def build_optimiser(params: list, cfg: RunConfig):
 
 @dataclass
 class Learner:
-    """The trained parts of a run and how they are stepped."""
+    """The trained parts of a run and how they are stepped. ``model`` is the policy with its
+    value head (``PolicyForward``), wrapped for ``train.sharding`` (bench/sharding.py)."""
 
     policy: torch.nn.Module
     reference: torch.nn.Module
     value_head: torch.nn.Module | None
+    model: torch.nn.Module
     opt: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LRScheduler
     algo: Algorithm
     algo_cfg: Any
     cfg: RunConfig
     mb_gen: torch.Generator  # draws the minibatch split of each rollout batch
+    world: World = World()
+    copy: SamplingCopy | None = None  # the HF sampler's full policy under fsdp
     undo: StepUndo = field(default_factory=lambda: StepUndo())
 
     @classmethod
-    def build(cls, policy, reference, algo: Algorithm, cfg: RunConfig) -> Learner:
+    def build(cls, policy, reference, algo: Algorithm, cfg: RunConfig, world: World = World()):
+        """The learner of ``policy``: value head, sharding, optimiser (checkpointing applied
+        after the sampling copy is taken: the copy decodes with its KV cache)."""
         value_head = None
         if algo.needs.values:  # a linear value head on the policy's last hidden state
             dtype = next(policy.parameters()).dtype
@@ -179,10 +182,33 @@ class Learner:
             value_head = value_head.to(model_device(policy), dtype=dtype)
             torch.nn.init.zeros_(value_head.weight)
             torch.nn.init.zeros_(value_head.bias)
-        params = list(policy.parameters()) + (list(value_head.parameters()) if value_head else [])
-        opt, sched = build_optimiser(params, cfg)
+        fsdp = world.sharded and cfg.train.sharding == "fsdp"
+        sampling_copy = SamplingCopy(policy) if fsdp else None
+        if cfg.model.gradient_checkpointing:
+            enable_checkpointing(policy)
+        bf16 = cfg.train.precision == "bf16-mixed"
+        model = shard(PolicyForward(policy, value_head), cfg.train.sharding, bf16, world)
+        opt, sched = build_optimiser(list(model.parameters()), cfg)
         mb_gen = torch.Generator().manual_seed(cfg.seed)
-        return cls(policy, reference, value_head, opt, sched, algo, cfg.algo_config(), cfg, mb_gen)
+        return cls(
+            policy,
+            reference,
+            value_head,
+            model,
+            opt,
+            sched,
+            algo,
+            cfg.algo_config(),
+            cfg,
+            mb_gen,
+            world,
+            sampling_copy,
+        )
+
+    @property
+    def sampling_policy(self) -> torch.nn.Module:
+        """What the sampler and the evals decode with: the policy, or its full copy under fsdp."""
+        return self.policy if self.copy is None else self.copy.model
 
     def parameters(self) -> list[torch.Tensor]:
         return [p for group in self.opt.param_groups for p in group["params"]]
@@ -191,11 +217,11 @@ class Learner:
         return make_batch(
             gen,
             rewards,
-            policy=self.policy,
+            model=self.model,
             reference=self.reference,
-            value_head=self.value_head,
             algo=self.algo,
             cfg=self.cfg,
+            world=self.world,
         )
 
     def update(self, batch: RolloutBatch, counters: Counters) -> dict[str, float]:
@@ -214,9 +240,9 @@ class Learner:
         return {key: float(np.mean(v)) for key, v in collected.items()}
 
     def forward(self, mb: RolloutBatch) -> PolicyOutput:
-        with compute_precision(self.cfg, self.policy):
+        with compute_precision(self.cfg, self.reference):
             temperature, chunk = self.cfg.sampling.temperature, self.cfg.train.logprob_chunk
-            return forward(self.policy, mb, temperature, self.value_head, chunk)
+            return forward(self.model, mb, temperature, chunk)
 
     def loss(self, mb: RolloutBatch, out: PolicyOutput):
         """(loss, metrics, the batch the loss saw): the algorithm's loss in fp32."""
@@ -227,8 +253,18 @@ class Learner:
     def backward(self, mb: RolloutBatch, parts: list[torch.Tensor] | None = None):
         """Gradient of the minibatch loss into ``.grad``, in micro-batches of at most
         ``train.micro_batch_tokens`` tokens (or the given row ``parts``); exactly the one-pass
-        gradient (bench/accumulate.py). Returns (loss, metrics, output, batch used)."""
-        parts = parts or micro_batches(row_tokens(mb), self.cfg.train.micro_batch_tokens)
+        gradient (bench/accumulate.py). Sharded, each rank takes its share of the groups and
+        the ranks' gradients are summed. Returns (loss, metrics, output, batch used)."""
+        budget = self.cfg.train.micro_batch_tokens
+        if self.world.sharded:
+            mine = my_rows(mb.group_ids, self.world)
+            parts = [mine[p] for p in micro_batches(row_tokens(mb.select(mine)), budget)]
+            parts = parts if len(mine) else []
+            parts += [None] * (most(len(parts), self.world) - len(parts))  # same count everywhere
+            combine = functools.partial(total, world=self.world)
+            loss, metrics, out = accumulated_backward(mb, parts, self.forward, self.loss, combine)
+            return loss, metrics, out, with_behaviour(mb, out)
+        parts = parts or micro_batches(row_tokens(mb), budget)
         if len(parts) == 1:
             out = self.forward(mb)
             loss, metrics, mb = self.loss(mb, out)
@@ -243,7 +279,7 @@ class Learner:
         and ``train.max_skipped_steps`` in a row stop the run (RunFailed)."""
         self.opt.zero_grad(set_to_none=True)
         loss, metrics, out, mb = self.backward(mb)
-        gn = torch.nn.utils.clip_grad_norm_(self.parameters(), self.cfg.train.max_grad_norm).item()
+        gn = full(clip_grad_norm_(self.parameters(), self.cfg.train.max_grad_norm)).item()
         applied = math.isfinite(gn) and math.isfinite(loss.item())
         if applied:
             undo = self.undo if self.cfg.train.undo_nonfinite else None
@@ -251,7 +287,7 @@ class Learner:
                 undo.save(self.parameters(), self.opt, self.sched)
             self.opt.step()
             self.sched.step()
-            applied = weights_finite(self.parameters())
+            applied = weights_finite(self.parameters(), self.world)
             if not applied and undo is None:
                 raise RunFailed(
                     "an optimiser step made the weights non-finite (train.undo_nonfinite=false: not undone)"
@@ -259,15 +295,19 @@ class Learner:
             if not applied:
                 undo.restore()
         self.opt.zero_grad(set_to_none=True)
+        if self.copy is not None:
+            self.copy.refresh(self.policy)
         counters.record_step(applied, self.cfg.train.max_skipped_steps)
         counters.tokens_trained += mb.mask.sum().item()
         return metrics | step_metrics(mb, out, loss.item(), gn)
 
 
-def weights_finite(params: list[torch.Tensor]) -> bool:
-    """One reduction over all parameters (a sum is non-finite iff an element is)."""
-    norms = torch._foreach_norm([p.detach() for p in params], 1)
-    return bool(torch.isfinite(torch.stack(norms).sum()))
+def weights_finite(params: list[torch.Tensor], world: World = World()) -> bool:
+    """One reduction over all parameters (a sum is non-finite iff an element is), over all
+    ranks' shards."""
+    norms = torch._foreach_norm([local(p).detach() for p in params], 1)
+    finite = torch.isfinite(torch.stack(norms).sum()).float().reshape(1)
+    return bool(total(finite, world, torch.distributed.ReduceOp.MIN))
 
 
 class StepUndo:
@@ -281,7 +321,7 @@ class StepUndo:
 
     def _tensors(self, params, opt) -> list[torch.Tensor]:
         state = [t for p in params for t in opt.state.get(p, {}).values() if torch.is_tensor(t)]
-        return [p.detach() for p in params] + state
+        return [local(t).detach() for t in [*params, *state]]
 
     def save(self, params, opt, sched) -> None:
         self.params, self.opt, self.sched = params, opt, sched

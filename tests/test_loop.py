@@ -9,6 +9,7 @@ from bench.config import ModelConfig, load_config
 from bench.loop import prompt_stream
 from bench.models import build_tiny_model, build_tokenizer
 from bench.rollout import HFSampler
+from bench.sharding import PolicyForward
 from bench.update import forward, make_batch, minibatch_indices
 
 
@@ -42,11 +43,11 @@ def test_first_forward_equals_separate_behaviour_pass():
     rewards = torch.arange(8, dtype=torch.float32)
     algo = ALGORITHMS.get("grpo")
     cfg = load_config("smoke", ["sampling.max_new_tokens=5"])
-    parts = {"policy": model, "reference": model, "value_head": None, "algo": algo}
+    parts = {"model": PolicyForward(model, None), "reference": model, "algo": algo}
     single = make_batch(gen, rewards, **parts, cfg=cfg)
     cfg2 = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=2))
     twice = make_batch(gen, rewards, **parts, cfg=cfg2)
     assert single.old_logp is None and twice.old_logp is not None
-    out = forward(model, single, 1.0)
+    out = forward(PolicyForward(model, None), single, 1.0)
     assert torch.allclose(out.logp.detach(), twice.old_logp, atol=1e-6)
     assert torch.allclose(single.ref_logp, twice.old_logp, atol=1e-6)

@@ -46,7 +46,7 @@ def test_sampler_groups_and_recomputed_logps_match_generate(tiny):
     model, tok = tiny
     prompts = ["1+2=", "33-14+2="]  # different lengths: left padding must not shift positions
     torch.manual_seed(0)
-    gen = HFSampler().generate(model, tok, prompts, k=3, max_new_tokens=5)
+    gen = HFSampler(keyed=False).generate(model, tok, prompts, k=3, max_new_tokens=5)
     assert gen.completion_ids.shape == (6, 5) and len(gen.texts) == 6
     assert torch.equal(gen.prompt_ids[0], gen.prompt_ids[2]) and not torch.equal(
         gen.prompt_ids[0], gen.prompt_ids[3]
@@ -93,8 +93,8 @@ def test_multinomial_one_draws_what_torch_multinomial_draws():
 
 def test_greedy_is_deterministic(tiny):
     model, tok = tiny
-    a = HFSampler().generate(model, tok, ["1+1="], 1, 4, greedy=True)
-    b = HFSampler().generate(model, tok, ["1+1="], 1, 4, greedy=True)
+    a = HFSampler(keyed=False).generate(model, tok, ["1+1="], 1, 4, greedy=True)
+    b = HFSampler(keyed=False).generate(model, tok, ["1+1="], 1, 4, greedy=True)
     assert a.texts == b.texts
 
 
@@ -141,7 +141,7 @@ def test_shared_prompt_forward_equals_one_pass_with_gradients(tiny):
     model, tok = tiny
     prompts = ["1+2=", "what is 12*13? ", "7", "1+2="]  # lengths differ; one prompt twice
     torch.manual_seed(1)
-    gen = HFSampler().generate(model, tok, prompts, k=3, max_new_tokens=6)
+    gen = HFSampler(keyed=False).generate(model, tok, prompts, k=3, max_new_tokens=6)
     ids = gen.completion_ids.clone()
     ids[::2, 2] = tok.eos_token_id  # half the rows stop early: padded completions
     mask, _ = completion_mask(ids, tok.eos_token_id)
@@ -170,7 +170,7 @@ def test_columns_after_the_longest_completion_are_not_run(tiny):
     log-probs, entropy and hidden states equal a plain forward over all columns, zeros after."""
     model, tok = tiny
     eos = tok.eos_token_id
-    gen = HFSampler().generate(model, tok, ["1+2=", "45+6="], k=2, max_new_tokens=6)
+    gen = HFSampler(keyed=False).generate(model, tok, ["1+2=", "45+6="], k=2, max_new_tokens=6)
     ids = gen.completion_ids.clone()
     ids[:, 3], ids[0, 1] = eos, eos  # the longest completion is 4 tokens of 6
     mask, _ = completion_mask(ids, eos)
@@ -234,7 +234,7 @@ def test_sampler_draws_the_same_tokens_as_hf_generate(tiny, sampling):
     model, tok = tiny
     prompts = ["1+2=", "33-14+2=", "9", "1+2="]  # lengths differ; one prompt twice
     torch.manual_seed(3)
-    gen = HFSampler().generate(model, tok, prompts, k=3, max_new_tokens=7, **sampling)
+    gen = HFSampler(keyed=False).generate(model, tok, prompts, k=3, max_new_tokens=7, **sampling)
     if sampling.get("greedy"):
         hf_kwargs = {"do_sample": False}
     else:
@@ -261,7 +261,9 @@ def test_rows_that_end_leave_the_decode_batch(tiny, sampling):
     hook = model.register_forward_hook(likely_eos, with_kwargs=True)
     try:
         torch.manual_seed(5)
-        gen = HFSampler().generate(model, tok, ["1+2=", "33-14+2=", "9"], 4, 8, **sampling)
+        gen = HFSampler(keyed=False).generate(
+            model, tok, ["1+2=", "33-14+2=", "9"], 4, 8, **sampling
+        )
         decode_rows = rows[1:]
         hf = {"do_sample": False} if sampling.get("greedy") else {"do_sample": True, "top_k": 0}
         hf |= {key: v for key, v in sampling.items() if key != "greedy"}
@@ -285,13 +287,13 @@ def test_sampler_ignores_generation_config_extras(tiny):
     model, tok = tiny
     prompts = ["1+2=", "7*8="]
     torch.manual_seed(0)
-    before = HFSampler().generate(model, tok, prompts, 2, 6).completion_ids
+    before = HFSampler(keyed=False).generate(model, tok, prompts, 2, 6).completion_ids
     saved = model.generation_config
     model.generation_config = copy.deepcopy(saved)
     model.generation_config.repetition_penalty, model.generation_config.top_k = 50.0, 1
     try:
         torch.manual_seed(0)
-        after = HFSampler().generate(model, tok, prompts, 2, 6).completion_ids
+        after = HFSampler(keyed=False).generate(model, tok, prompts, 2, 6).completion_ids
         torch.manual_seed(0)
         hf = _hf_generate(model, tok, prompts, 2, 6, do_sample=True)
     finally:
@@ -311,7 +313,7 @@ def test_sampler_stops_when_every_row_has_ended(tiny):
         model.register_forward_hook(lambda *_: calls.append(1)),
     ]
     try:
-        gen = HFSampler().generate(model, tok, ["1+2=", "9"], 2, 8)
+        gen = HFSampler(keyed=False).generate(model, tok, ["1+2=", "9"], 2, 8)
     finally:
         for h in hooks:
             h.remove()
@@ -325,14 +327,16 @@ def test_gradient_checkpointing_models_take_the_one_pass_forward():
     """Gradient checkpointing turns HF's KV cache off: such models skip the prompt sharing."""
     tok = build_tokenizer()
     model = build_tiny_model(SMALL, tok)
-    gen = HFSampler().generate(model, tok, ["1+2=", "3+4="], k=3, max_new_tokens=4)
+    gen = HFSampler(keyed=False).generate(model, tok, ["1+2=", "3+4="], k=3, max_new_tokens=4)
     want = token_logps(model, gen.input_ids, gen.attention_mask, 4).logp
     model.gradient_checkpointing_enable()
     model.train()
     got = token_logps(model, gen.input_ids, gen.attention_mask, 4).logp
     got.sum().backward()
     assert torch.allclose(got, want, atol=1e-6)
-    again = HFSampler().generate(model, tok, ["1+2=", "3+4="], k=3, max_new_tokens=4, greedy=True)
+    again = HFSampler(keyed=False).generate(
+        model, tok, ["1+2=", "3+4="], k=3, max_new_tokens=4, greedy=True
+    )
     assert again.completion_ids.shape == (6, 4)  # and the sampler works on such a model
 
 
@@ -345,7 +349,7 @@ def test_sampler_and_shared_forward_on_other_architectures(arch):
     prompts = ["1+2=", "33-14+2=", "9"]
     for sampling in ({"greedy": True}, {"temperature": 1.0}):
         torch.manual_seed(1)
-        gen = HFSampler().generate(model, tok, prompts, 2, 6, **sampling)
+        gen = HFSampler(keyed=False).generate(model, tok, prompts, 2, 6, **sampling)
         hf = {"do_sample": False} if sampling.get("greedy") else {"do_sample": True, "top_k": 0}
         torch.manual_seed(1)
         assert torch.equal(gen.completion_ids, _hf_generate(model, tok, prompts, 2, 6, **hf))

@@ -28,6 +28,10 @@ def user_errors(fn):
         except (typer.Exit, KeyboardInterrupt):
             raise
         except Exception as e:
+            if os.environ.get("BENCH_LAUNCH_DIR"):  # a rank of a sharded run
+                from bench.distributed import record_failure
+
+                record_failure(e)  # for rank 0 and the launcher
             if os.environ.get("BENCH_DEBUG") == "1":
                 raise
             line, code = error_line(e)

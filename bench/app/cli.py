@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -62,12 +63,24 @@ def run(
             help="one step on a tiny stand-in model: checks config, data, template, reward",
         ),
     ] = False,
+    nproc: Annotated[
+        int,
+        typer.Option(min=1, help="processes (GPUs) of one sharded run: torchrun on this machine"),
+    ] = 1,
 ):
     """Train one run: bench run PRESET key=value ..."""
     from bench.config import load_config
+    from bench.distributed import launched
 
     preset, overrides = _split(args, "arithmetic")
     cfg = load_config(preset, overrides)
+    if nproc > 1 and not launched() and not dry_run:
+        from bench.app.launch import check_sharding, run_processes, without_nproc
+
+        check_sharding(cfg, nproc)
+        run_processes(nproc, without_nproc(sys.argv[1:]))
+        console.print(f"run {escape(cfg.name)}: {nproc} processes finished")
+        return
     if dry_run:
         from bench.app.dryrun import dry_run as check
         from bench.plan import Workload
@@ -82,6 +95,8 @@ def run(
     from bench.loop import train
 
     final = train(cfg, tracking_uri=tracking_uri)
+    if os.environ.get("RANK", "0") != "0":
+        return  # rank 0 reports
     shown = {k: v for k, v in final.items() if k.startswith("eval/")}
     for k, v in shown.items():
         console.print(f"{k} = {v:.4f}")

@@ -1,0 +1,106 @@
+"""``--nproc N``: a command run as N processes by PyTorch's elastic launcher (what torchrun
+runs), on this machine: ``bench run PRESET --nproc 2`` is
+``torchrun --standalone --nproc-per-node 2 -m bench run PRESET``. If a rank fails, the launcher
+stops the others; this process then names the rank and its error in one line, and marks the
+MLflow run FAILED if its rank 0 could not (e.g. killed).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import uuid
+
+from bench.core.errors import BenchError, RunFailed
+from bench.core.paths import results_dir
+
+
+def run_processes(nproc: int, argv: list[str]) -> None:
+    """Run ``python -m bench *argv`` as ``nproc`` processes of one process group."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    from bench.distributed import first_failure
+
+    launch = results_dir() / "launches" / uuid.uuid4().hex
+    launch.mkdir(parents=True)
+    os.environ["BENCH_LAUNCH_DIR"] = str(launch)  # the workers inherit it
+    os.environ.setdefault("OMP_NUM_THREADS", str(_threads(nproc)))  # as torchrun would
+    for name in list(logging.root.manager.loggerDict):  # the launcher's own log: our one line
+        if name.startswith("torch.distributed"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=launch.name,
+        rdzv_backend="c10d",
+        rdzv_endpoint="127.0.0.1:0",
+        local_addr="127.0.0.1",
+        max_restarts=0,
+        monitor_interval=0.1,
+        start_method="spawn",
+    )
+    try:
+        elastic_launch(config, sys.executable)("-m", "bench", *argv)
+    except ChildFailedError as e:
+        from bench.distributed import World
+
+        failed = first_failure(World(launch=launch))
+        rank, line = failed or (min(e.failures), f"exit code {_exit_code(e)}")
+        _mark_failed(launch, rank, line)
+        kind, _, reason = line.partition(": ")
+        if kind == "BenchError":  # a mistake in the input, found by the ranks (e.g. the data)
+            raise BenchError(f"{reason} (rank {rank} of {nproc})") from None
+        raise RunFailed(f"rank {rank} of {nproc} failed: {line}") from None
+    shutil.rmtree(launch, ignore_errors=True)
+
+
+def _threads(nproc: int) -> int:
+    return max(1, (os.cpu_count() or 1) // nproc)
+
+
+def _exit_code(e) -> int:
+    return next(iter(e.failures.values())).exitcode
+
+
+def _mark_failed(launch, rank: int, line: str) -> None:
+    """End the launch's MLflow run FAILED if rank 0 left it RUNNING (it was killed)."""
+    run_id_file = launch / "run_id"
+    uri_file = launch / "tracking_uri"
+    if not run_id_file.exists() or not uri_file.exists():
+        return
+    from mlflow.entities import RunTag
+
+    from bench.tracking import client
+
+    c = client(uri_file.read_text())
+    run_id = run_id_file.read_text()
+    if c.get_run(run_id).info.status != "RUNNING":
+        return
+    tags = [RunTag("bench.failed_rank", str(rank)), RunTag("bench.end", line)]
+    c.log_batch(run_id, tags=tags)
+    c.set_terminated(run_id, status="FAILED")
+
+
+def without_nproc(argv: list[str]) -> list[str]:
+    """The command line less its ``--nproc N`` (what each process runs)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
+def check_sharding(cfg, nproc: int) -> None:
+    """Before any process starts: several processes need a sharding."""
+    if cfg.train.sharding == "none":
+        raise BenchError(
+            f"--nproc {nproc} needs train.sharding=ddp or train.sharding=fsdp (it is none)"
+        )
