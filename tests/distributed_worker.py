@@ -50,7 +50,12 @@ def record(name: str, overrides: list[str], out: Path, fail_at: int) -> None:
     try:
         loop.train(load_config("smoke", overrides), tracking_uri=os.environ["BENCH_TEST_URI"])
     finally:
-        loop.rewards_of, loop.log, loop.finish, loop.train_step = rewards_of, log, finish, train_step
+        loop.rewards_of, loop.log, loop.finish, loop.train_step = (
+            rewards_of,
+            log,
+            finish,
+            train_step,
+        )
     if os.environ.get("RANK", "0") == "0":
         torch.save(got, out / f"{name}.pt")
 

@@ -1,0 +1,177 @@
+"""Sharded training on CPU (gloo, 2 processes started by torchrun) against one process, same
+seed and global batch: the same sampled token ids, the same final parameters and the same
+logged metrics at every step, for every registered algorithm under ddp and fsdp, and with
+micro-batches on top of fsdp. A rank that fails stops the run, which ends FAILED naming it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from algorithms import ALGORITHMS
+from bench.tracking import client
+from tests.helpers import bench
+
+WORKER = str(Path(__file__).with_name("distributed_worker.py"))
+COMMON = "model.num_layers=2,sampling.k=4"
+ALGOS = ALGORITHMS.names()
+MICRO = ("gvpo", "grpo")  # group statistics (gvpo) and a token mean (grpo)
+# wall-clock metrics differ from run to run; everything else is compared
+CLOCK = ("perf/step_s", "perf/tokens_per_s", "perf/elapsed_s", "perf/wall_s", "perf/peak_rss_mb")
+
+
+def _specs(sharding: str) -> list[str]:
+    extra = f"train.sharding={sharding}," if sharding != "none" else ""
+    specs = [f"{a}=algorithm={a},{extra}{COMMON}" for a in ALGOS]
+    specs.append(f"minibatches=algorithm=grpo,train.epochs=2,train.minibatches=2,{extra}{COMMON}")
+    # AdamW turns the rounding noise of a gradient that is zero in exact arithmetic (k_proj's
+    # bias: softmax ignores a shift; rarely seen embedding rows) into steps of ~0.1 lr, and
+    # one-row micro-batches round differently from one pass: there SGD shows the gradient
+    sgd = "train.optimizer=sgd,train.lr=0.05"
+    if sharding == "none":
+        specs += [f"{a}_sgd=algorithm={a},{sgd},{COMMON}" for a in MICRO]
+    if sharding == "fsdp":
+        micro = f"train.micro_batch_tokens=16,{sgd}"
+        specs += [f"{a}_micro=algorithm={a},{micro},{extra}{COMMON}" for a in MICRO]
+    return specs
+
+
+def _env(tmp: Path) -> dict:
+    return os.environ | {
+        "BENCH_RESULTS": str(tmp / "results"),
+        "BENCH_TEST_URI": f"sqlite:///{tmp}/mlflow.db",
+        "BENCH_PROGRESS": "0",
+        "PYTHONPATH": str(Path(__file__).parents[1]),
+    }
+
+
+def _torchrun(*args: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        *args,
+    ]
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory) -> dict[str, Path]:
+    """Every spec run once in one process and by 2 processes under ddp and fsdp."""
+    tmp = tmp_path_factory.mktemp("sharded")
+    outs = {}
+    for sharding in ("none", "ddp", "fsdp"):
+        out = tmp / sharding
+        out.mkdir()
+        cmd = [sys.executable, WORKER] if sharding == "none" else _torchrun(WORKER)
+        done = subprocess.run(
+            [*cmd, str(out), *_specs(sharding)], env=_env(tmp), capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        outs[sharding] = out
+    return outs
+
+
+def _same(one: dict, two: dict) -> None:
+    assert len(one["tokens"]) == len(two["tokens"]) == 3
+    for step, (a, b) in enumerate(zip(one["tokens"], two["tokens"], strict=True), 1):
+        assert torch.equal(a, b), f"sampled token ids differ at step {step}"
+    assert one["params"].keys() == two["params"].keys()
+    for name, p in one["params"].items():
+        assert torch.allclose(p, two["params"][name], atol=1e-5, rtol=0), name
+    steps = [(s, sorted(m)) for s, m in one["metrics"]]
+    assert steps == [(s, sorted(m)) for s, m in two["metrics"]]
+    for (step, a), (_, b) in zip(one["metrics"], two["metrics"], strict=True):
+        for key, value in a.items():
+            if key not in CLOCK:
+                assert math.isclose(value, b[key], rel_tol=1e-5, abs_tol=1e-5), (step, key)
+
+
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
+@pytest.mark.parametrize("name", [*ALGOS, "minibatches"])
+def test_two_processes_sample_train_and_log_what_one_does(recorded, sharding, name):
+    one = torch.load(recorded["none"] / f"{name}.pt")
+    two = torch.load(recorded[sharding] / f"{name}.pt")
+    _same(one, two)
+    moved = any(not torch.equal(p, two["params"][n]) for n, p in _initial(recorded).items())
+    assert moved  # the weights did train
+
+
+def _initial(recorded) -> dict:
+    """Parameters every run starts from (the warm-started model), for the trained-at-all check."""
+    from bench.config import load_config
+    from bench.models import load_policy
+    from tasks import TASKS
+
+    os.environ.setdefault("BENCH_RESULTS", str(recorded["none"].parent / "results"))
+    cfg = load_config("smoke", COMMON.split(","))
+    policy, _, _ = load_policy(cfg.model, TASKS.get(cfg.task)(cfg.task_config()))
+    return dict(policy.named_parameters())
+
+
+@pytest.mark.parametrize("name", MICRO)
+def test_micro_batches_with_fsdp_on_two_processes_equal_one_process(recorded, name):
+    one = torch.load(recorded["none"] / f"{name}_sgd.pt")
+    _same(one, torch.load(recorded["fsdp"] / f"{name}_micro.pt"))
+
+
+def test_a_rank_that_raises_stops_the_run_failed_with_its_reason(tmp_path):
+    """Rank 1 raises at step 2: torchrun returns non-zero well within 60 s, and the MLflow run
+    (opened by rank 0) ends FAILED with the failing rank and its error in tags."""
+    out = tmp_path / "out"
+    out.mkdir()
+    start = time.time()
+    done = subprocess.run(
+        [*_torchrun(WORKER), str(out), "fail@2", f"gvpo=train.sharding=ddp,{COMMON}"],
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    took = time.time() - start
+    assert done.returncode != 0 and took < 60, (took, done.stderr[-2000:])
+    runs = client(f"sqlite:///{tmp_path}/mlflow.db").search_runs(
+        [client(f"sqlite:///{tmp_path}/mlflow.db").get_experiment_by_name("smoke").experiment_id]
+    )
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FAILED"
+    assert run.data.tags["bench.failed_rank"] == "1"
+    assert "injected fault on rank 1 at step 2" in run.data.tags["bench.end"]
+    assert run.data.params["world_size"] == "2"
+
+
+def test_bench_run_nproc_is_one_mlflow_run_of_the_same_config(tmp_path):
+    """``bench run --nproc 2``: one FINISHED run with world_size=2, whose config hash is the
+    one-process run's (sharding does not change what a run computes)."""
+    done = bench(
+        "run", "smoke", "train.sharding=fsdp", "train.steps=2", "--nproc", "2", results=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "2 processes finished" in done.stdout + done.stderr
+    c = client(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = c.search_runs([c.get_experiment_by_name("smoke").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert runs[0].data.params["world_size"] == "2"
+    from bench.config import config_hash, load_config
+
+    assert runs[0].data.tags["bench.config"] == config_hash(load_config("smoke", ["train.steps=2"]))
+
+
+def test_nproc_without_a_sharding_is_one_line(tmp_path):
+    done = bench("run", "smoke", "--nproc", "2", results=tmp_path)
+    assert done.returncode == 2
+    assert (done.stdout + done.stderr).strip().splitlines()[-1] == (
+        "error: --nproc 2 needs train.sharding=ddp or train.sharding=fsdp (it is none)"
+    )
+    assert "Traceback" not in done.stderr
