@@ -2,8 +2,12 @@
 
 Memory (bytes per GPU): fp32 master weights, the bf16 compute copy (bf16-mixed), fp32
 gradients, AdamW's two fp32 states, the frozen reference, the activations saved for backward by
-one micro-batch, the log-prob chunk, and the vLLM engine's share. Under ``--gpus N`` FSDP shards
-the master weights, gradients, optimiser states and the reference over the N GPUs.
+one micro-batch, the log-prob chunk, and the vLLM engine's share. Under ``--gpus N`` the
+sharding divides what it shards: ``train.sharding=fsdp`` the master weights, gradients,
+optimiser states (and the copy to undo a step) over the N GPUs, with one layer's bf16 compute
+copy gathered at a time; ``ddp`` nothing (each GPU holds everything, the batch is split). The
+frozen reference is replicated on every GPU under both, and the HF sampler under fsdp decodes
+with a full fp32 copy of the policy (bench/sharding.py).
 
 The activation model counts what HF's Qwen2/Llama decoder saves for backward per token, per
 layer: 8h + 4i + 2kv + a + 2 values (h hidden, i MLP width, kv key/value width, a heads), the
@@ -125,7 +129,9 @@ def micro_batch(cfg: RunConfig, w: Workload) -> tuple[int, int]:
 
 def memory_rows(cfg: RunConfig, s: Shape, w: Workload, needs_ref: bool) -> list[tuple[str, float]]:
     """(item, bytes per GPU)."""
-    n, shard = s.params, w.gpus
+    n = s.params
+    fsdp = w.gpus > 1 and cfg.train.sharding == "fsdp"
+    shard = w.gpus if fsdp else 1
     mixed = cfg.train.precision == "bf16-mixed"
     adam = cfg.train.optimizer == "adamw"
     tokens, scored = micro_batch(cfg, w)
@@ -136,7 +142,7 @@ def memory_rows(cfg: RunConfig, s: Shape, w: Workload, needs_ref: bool) -> list[
         ("compute copy (bf16)", (2 * 2 * per_layer if shard > 1 else 2 * n) if mixed else 0),
         ("gradients (fp32)", 4 * n / shard),
         ("optimiser states (AdamW, fp32)", 8 * n / shard if adam else 0),
-        ("reference model", (2 if mixed else 4) * n / shard if needs_ref else 0),
+        ("reference model (replicated)", (2 if mixed else 4) * n if needs_ref else 0),
         (
             f"activations ({tokens} tokens{', checkpointed' if ckpt else ''})",
             activation_bytes(s, tokens, scored, ckpt, chunk),
@@ -148,6 +154,8 @@ def memory_rows(cfg: RunConfig, s: Shape, w: Workload, needs_ref: bool) -> list[
     ]
     if cfg.train.undo_nonfinite:  # StepUndo's copy while a step runs
         rows.append(("copy to undo a non-finite step", (4 + (8 if adam else 0)) * n / shard))
+    if fsdp and cfg.sampling.engine == "hf":
+        rows.append(("HF sampler's full policy copy (fp32)", 4 * n))
     if cfg.sampling.engine == "vllm":
         rows.append(
             ("vLLM engine share", cfg.sampling.vllm_gpu_memory_utilization * w.gpu_memory_gb * GB)
@@ -194,6 +202,11 @@ class Plan:
 def make_plan(cfg: RunConfig, w: Workload, needs_ref: bool = True) -> Plan:
     import dataclasses
 
+    if w.gpus > 1 and cfg.train.sharding == "none":
+        raise BenchError(
+            f"--gpus {w.gpus} needs train.sharding=fsdp (or ddp): with none a run uses one GPU"
+        )
+
     s = shape_of(cfg.model)
     memory = memory_rows(cfg, s, w, needs_ref)
     total = sum(b for _, b in memory)
@@ -214,7 +227,10 @@ def make_plan(cfg: RunConfig, w: Workload, needs_ref: bool = True) -> Plan:
                 verdict += f"{key}={str(value).lower()} would make it fit ({need / GB:.1f} GB)"
                 break
         else:
-            verdict += f"shard over more GPUs (--gpus {w.gpus * 2}) or use smaller micro-batches"
+            verdict += (
+                f"shard over more GPUs (train.sharding=fsdp --gpus {w.gpus * 2}) "
+                "or use smaller micro-batches"
+            )
     flops = step_flops(cfg, s, w, needs_ref)
     seconds = sum(flops.values()) * cfg.train.steps / (w.gpus * w.utilization * w.gpu_tflops * 1e12)
     return Plan(memory, total, fits, verdict, flops, w.gpus * seconds / 3600)

@@ -135,3 +135,33 @@ def test_a_plan_that_does_not_fit_exits_2_with_a_one_line_verdict_naming_a_fix()
     assert out.returncode == 2 and "Traceback" not in out.stderr
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("error: does not fit") and "model.gradient_checkpointing=true" in last
+
+
+def test_gpus_divide_what_the_sharding_shards():
+    """fsdp divides master weights, gradients, AdamW states and the undo copy by the GPUs; ddp
+    divides no state (only the batch); the reference is whole on every GPU; with no sharding
+    more GPUs are refused."""
+    from bench.core.errors import BenchError
+
+    w = dict(prompt_tokens=256, gpu_memory_gb=80.0, utilization=0.4, gpu_tflops=989.0)
+    sharded = ["paper_math_7b"]
+    rows = {}
+    for sharding, gpus in (("fsdp", 1), ("fsdp", 8), ("ddp", 8)):
+        cfg = load_config(*sharded, [f"train.sharding={sharding}"])
+        rows[sharding, gpus] = dict(make_plan(cfg, Workload(gpus=gpus, **w)).memory)
+    one, fsdp, ddp = rows["fsdp", 1], rows["fsdp", 8], rows["ddp", 8]
+    for item in (
+        "master weights (fp32)",
+        "gradients (fp32)",
+        "optimiser states (AdamW, fp32)",
+        "copy to undo a non-finite step",
+    ):
+        assert fsdp[item] == pytest.approx(one[item] / 8)
+        assert ddp[item] == one[item]
+    assert fsdp["reference model (replicated)"] == one["reference model (replicated)"]
+    hf = load_config("paper_math_7b", ["sampling.engine=hf"])
+    assert "HF sampler's full policy copy (fp32)" in dict(
+        make_plan(hf, Workload(gpus=8, **w)).memory
+    )
+    with pytest.raises(BenchError, match="train.sharding=fsdp"):
+        make_plan(load_config("paper_math_7b", ["train.sharding=none"]), Workload(gpus=8, **w))

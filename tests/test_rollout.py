@@ -357,3 +357,96 @@ def test_sampler_and_shared_forward_on_other_architectures(arch):
     one_pass = token_logps(model, gen.input_ids, gen.attention_mask, 6, share_prompts=False).logp
     on = gen.completion_mask.bool()
     assert torch.allclose(shared[on], one_pass[on], atol=1e-5)
+
+
+def _splitmix64(x: int) -> int:
+    """splitmix64's finaliser in Python integers (the published constants)."""
+    m = (1 << 64) - 1
+    x &= m
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & m
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & m
+    return x ^ (x >> 31)
+
+
+def test_keyed_uniforms_are_splitmix64_of_key_position_and_column():
+    """The torch int64 version (wrapping products, logical shifts) equals the reference in
+    Python integers, bit for bit, including keys with the top bit set."""
+    from bench.rollout import keyed_uniform, splitmix64
+
+    xs = [0, 1, -1, 2**62 + 12345, -(2**63), 987654321]
+    assert [v & ((1 << 64) - 1) for v in splitmix64(torch.tensor(xs)).tolist()] == [
+        _splitmix64(x) for x in xs
+    ]
+    golden, m = 0x9E3779B97F4A7C15, (1 << 64) - 1
+    keys, t, n = [5, -3], 7, 4
+    u = keyed_uniform(torch.tensor(keys), t, n)
+    for i, key in enumerate(keys):
+        row = _splitmix64((key * golden + t) & m)
+        for j in range(n):
+            x = _splitmix64(row ^ _splitmix64((j * golden) & m))
+            assert u[i, j].item() == ((x >> 11) + 0.5) / 2**53
+
+
+def test_keyed_draws_follow_the_distribution():
+    """A chi-square test of 20,000 keyed draws from a fixed distribution (p = 0.001 level)."""
+    from scipy.stats import chisquare
+
+    from bench.rollout import keyed_uniform
+
+    p = torch.tensor([0.5, 0.2, 0.15, 0.1, 0.05, 0.0])
+    keys = torch.arange(20_000)
+    u = keyed_uniform(keys, 3, len(p))
+    draws = multinomial_one(p.expand(len(keys), -1).clone(), uniforms=u)
+    counts = torch.bincount(draws, minlength=len(p)).double()
+    assert counts[-1] == 0  # a zero-probability token is never drawn
+    assert chisquare(counts[:-1], (p[:-1] * len(keys)).double()).pvalue > 1e-3
+
+
+def test_keyed_completions_do_not_depend_on_the_batch(tiny):
+    """With keys, a prompt's k completions are a function of its key alone: the same when it is
+    decoded alone, with other prompts, in another order, or in calls of another size (what
+    makes 1 and N processes see the same samples); different keys give different samples."""
+    from bench.rollout import prompt_keys
+
+    model, tok = tiny
+    prompts = ["1+2=", "33-14+2=", "9", "7*8="]
+    torch.manual_seed(0)
+    keys = prompt_keys(len(prompts))
+    together = HFSampler().generate(model, tok, prompts, 3, 8, keys=keys, temperature=1.2)
+    small_calls = HFSampler(batch_size=3).generate(
+        model, tok, prompts, 3, 8, keys=keys, temperature=1.2
+    )
+    assert torch.equal(together.completion_ids, small_calls.completion_ids)
+    for i in (0, 2, 3):
+        alone = HFSampler().generate(
+            model, tok, [prompts[i]], 3, 8, keys=keys[i : i + 1], temperature=1.2
+        )
+        assert torch.equal(alone.completion_ids, together.completion_ids[3 * i : 3 * i + 3])
+    order = [3, 1, 0, 2]
+    shuffled = HFSampler().generate(
+        model, tok, [prompts[i] for i in order], 3, 8, keys=keys[order], temperature=1.2
+    )
+    for pos, i in enumerate(order):
+        want = together.completion_ids[3 * i : 3 * i + 3]
+        assert torch.equal(shuffled.completion_ids[3 * pos : 3 * pos + 3], want)
+    other = HFSampler().generate(model, tok, prompts, 3, 8, keys=keys + 1, temperature=1.2)
+    assert not torch.equal(other.completion_ids, together.completion_ids)
+    assert len({tuple(r) for r in together.completion_ids[:3].tolist()}) > 1  # rows differ
+
+
+def test_keyed_sampling_draws_one_number_of_the_global_generator_per_call(tiny):
+    """Default keys come from one draw of the global generator per call, whatever the batch:
+    so seeding still decides the samples, and every rank draws the same keys."""
+    from bench.rollout import prompt_keys
+
+    model, tok = tiny
+    torch.manual_seed(4)
+    HFSampler().generate(model, tok, ["1+2=", "9"], 2, 6)
+    after_call = torch.rand(3)
+    torch.manual_seed(4)
+    prompt_keys(5)
+    assert torch.equal(torch.rand(3), after_call)
+    torch.manual_seed(4)
+    a = HFSampler().generate(model, tok, ["1+2=", "9"], 2, 6).completion_ids
+    torch.manual_seed(4)
+    assert torch.equal(HFSampler().generate(model, tok, ["1+2=", "9"], 2, 6).completion_ids, a)

@@ -67,6 +67,9 @@ def run(
         int,
         typer.Option(min=1, help="processes (GPUs) of one sharded run: torchrun on this machine"),
     ] = 1,
+    tag: Annotated[
+        list[str] | None, typer.Option(help="extra MLflow tag of the run, KEY=VALUE; repeatable")
+    ] = None,
 ):
     """Train one run: bench run PRESET key=value ..."""
     from bench.config import load_config
@@ -94,7 +97,7 @@ def run(
         return
     from bench.loop import train
 
-    final = train(cfg, tracking_uri=tracking_uri)
+    final = train(cfg, tracking_uri=tracking_uri, tags=_tags(tag))
     if os.environ.get("RANK", "0") != "0":
         return  # rank 0 reports
     shown = {k: v for k, v in final.items() if k.startswith("eval/")}
@@ -103,6 +106,18 @@ def run(
     console.print(
         f"run {escape(cfg.name)} ({final['run_id']}) in experiment '{cfg.tracking.experiment}'"
     )
+
+
+def _tags(items: list[str] | None) -> dict[str, str]:
+    bad = [t for t in items or [] if "=" not in t]
+    if bad:
+        raise BenchError(f"--tag '{bad[0]}' must look like KEY=VALUE")
+    return dict(t.split("=", 1) for t in items or [])
+
+
+Nproc = Annotated[
+    int, typer.Option(min=1, help="processes (GPUs) per run: each run is launched by torchrun")
+]
 
 
 @app.command()
@@ -125,6 +140,7 @@ def compare(
     rerun: Annotated[
         bool, typer.Option("--rerun", help="run again configurations that already finished")
     ] = False,
+    nproc: Nproc = 1,
     tracking_uri: TrackingUri = None,
 ):
     """Every algorithm x seed on the preset's task, then the report: bench compare PRESET ..."""
@@ -158,7 +174,7 @@ def compare(
                 "reported, not run again (--rerun runs them)"
             )
         cfgs = todo
-    outcomes = run_all(cfgs, workers, tracking_uri)
+    outcomes = run_all(cfgs, workers, tracking_uri, nproc=_checked(cfgs, nproc))
     report_and_exit(outcomes, cfg.tracking.experiment, tracking_uri, cfg.compare.algorithms[0])
 
 
@@ -176,6 +192,7 @@ def sweep(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="print the plan and what is already done")
     ] = False,
+    nproc: Nproc = 1,
     tracking_uri: TrackingUri = None,
 ):
     """The cross product of a grid, resumable: bench sweep PRESET --grid algorithm=gvpo,grpo --grid seed=0..2."""
@@ -200,8 +217,19 @@ def sweep(
             )
         return
     tags = [{"sweep.id": sid, "sweep.point": p} for p, _ in todo]
-    outcomes = run_all([c for _, c in todo], workers, tracking_uri, tags)
+    cfgs = [c for _, c in todo]
+    outcomes = run_all(cfgs, workers, tracking_uri, tags, nproc=_checked(cfgs, nproc))
     report_and_exit(outcomes, points[0][1].tracking.experiment, tracking_uri)
+
+
+def _checked(cfgs, nproc: int) -> int:
+    """``nproc`` after checking that every run can take that many processes."""
+    if nproc > 1:
+        from bench.app.launch import check_sharding
+
+        for cfg in cfgs:
+            check_sharding(cfg, nproc)
+    return nproc
 
 
 @app.command()

@@ -58,14 +58,23 @@ def finished_configs(cfgs: list[RunConfig], tracking_uri: str | None) -> set[str
     return {r.data.tags.get("bench.config", "") for r in runs}
 
 
-def _run_one(cfg: RunConfig, tracking_uri: str | None, tags: dict | None) -> dict:
+def _run_one(cfg: RunConfig, tracking_uri: str | None, tags: dict | None, nproc: int = 1) -> dict:
+    if nproc > 1:
+        from bench.app.launch import run_config
+
+        return run_config(cfg, nproc, tracking_uri, tags or {})
     from bench.loop import train
 
     return train(cfg, tracking_uri=tracking_uri, tags=tags)
 
 
 def run_all(
-    cfgs: list[RunConfig], workers: int, tracking_uri: str | None, tags: list[dict] | None = None
+    cfgs: list[RunConfig],
+    workers: int,
+    tracking_uri: str | None,
+    tags: list[dict] | None = None,
+    *,
+    nproc: int = 1,
 ) -> list[Outcome]:
     """Warm-start once in this process (cache), then run every config on the executor."""
     from bench.models import load_policy
@@ -92,7 +101,7 @@ def run_all(
     with bar() as progress:
         job = progress.add_task("runs", total=len(cfgs), info="")
         for i, final, err in LocalExecutor(workers).map(
-            _run_one, [(c, tracking_uri, t) for c, t in zip(cfgs, tags, strict=True)]
+            _run_one, [(c, tracking_uri, t, nproc) for c, t in zip(cfgs, tags, strict=True)]
         ):
             outcomes[i] = Outcome(names[i], final, err)
             if err:

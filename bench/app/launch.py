@@ -17,8 +17,9 @@ from bench.core.errors import BenchError, RunFailed
 from bench.core.paths import results_dir
 
 
-def run_processes(nproc: int, argv: list[str]) -> None:
-    """Run ``python -m bench *argv`` as ``nproc`` processes of one process group."""
+def run_processes(nproc: int, argv: list[str]) -> str | None:
+    """Run ``python -m bench *argv`` as ``nproc`` processes of one process group; returns the
+    MLflow run id rank 0 opened."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -55,7 +56,27 @@ def run_processes(nproc: int, argv: list[str]) -> None:
         if kind == "BenchError":  # a mistake in the input, found by the ranks (e.g. the data)
             raise BenchError(f"{reason} (rank {rank} of {nproc})") from None
         raise RunFailed(f"rank {rank} of {nproc} failed: {line}") from None
+    run_id = (launch / "run_id").read_text() if (launch / "run_id").exists() else None
     shutil.rmtree(launch, ignore_errors=True)
+    return run_id
+
+
+def run_config(cfg, nproc: int, tracking_uri: str | None, tags: dict) -> dict:
+    """One run of a comparison or sweep on ``nproc`` processes: its config goes to the ranks as
+    the resolved YAML; returns its final metrics, as ``bench.loop.train`` does."""
+    import tempfile
+
+    from bench.config import to_yaml
+    from bench.tracking import client, resolve_uri
+
+    uri = resolve_uri(tracking_uri or cfg.tracking.uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/{cfg.name}.yaml"
+        with open(path, "w") as f:
+            f.write(to_yaml(cfg))
+        argv = ["run", path, "--tracking-uri", uri, *[f"--tag={k}={v}" for k, v in tags.items()]]
+        run_id = run_processes(nproc, argv)
+    return client(uri).get_run(run_id).data.metrics | {"run_id": run_id}
 
 
 def _threads(nproc: int) -> int:
