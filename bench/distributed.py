@@ -90,6 +90,16 @@ def shut_down() -> None:
         dist.destroy_process_group()
 
 
+def local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a parameter or state tensor (the tensor itself when not sharded)."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def full(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor (gathered from the shards when sharded)."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
 def gather(obj, world: World) -> list:
     """Every rank's ``obj``, in rank order, on every rank."""
     if not world.sharded:
@@ -157,6 +167,8 @@ class ShardedSampler:
                 f"{type(model).__name__} has none: run it in one process"
             )
         keys = prompt_keys(len(prompts))  # one draw of the global generator, on every rank
+        if hasattr(self.inner, "sync"):  # an engine with its own weights: pushed on every rank
+            self.inner.sync(model, tokenizer)
         share = self.world.share(len(prompts))
         mine = None
         if len(share):

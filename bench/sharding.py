@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch import nn
 
 from bench.core.errors import BenchError
-from bench.distributed import World
+from bench.distributed import World, full
 from bench.rollout import token_logps
 
 SHARDINGS = ("none", "ddp", "fsdp")
@@ -107,16 +107,6 @@ def _sum_hook(state, bucket):
     """DDP communication hook: gradients summed over the ranks (DDP's default averages)."""
     fut = dist.all_reduce(bucket.buffer(), async_op=True).get_future()
     return fut.then(lambda f: f.value()[0])
-
-
-def local(t: torch.Tensor) -> torch.Tensor:
-    """This rank's part of a parameter or state tensor (the tensor itself when not sharded)."""
-    return t.to_local() if hasattr(t, "to_local") else t
-
-
-def full(t: torch.Tensor) -> torch.Tensor:
-    """The whole tensor (gathered from the shards when sharded)."""
-    return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
 class SamplingCopy:

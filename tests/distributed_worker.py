@@ -14,7 +14,7 @@ import torch
 
 import bench.loop as loop
 from bench.config import load_config
-from bench.sharding import full
+from bench.distributed import full
 
 
 def record(name: str, overrides: list[str], out: Path, fail_at: int) -> None:

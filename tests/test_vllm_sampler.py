@@ -26,14 +26,15 @@ class FakeLLM:
 
     def generate(self, requests, params, use_tqdm=True):
         self.calls.append((requests, params))
+        per_request = params if isinstance(params, list) else [params] * len(requests)
         return [
             SimpleNamespace(
                 outputs=[
                     SimpleNamespace(token_ids=ids, finish_reason=reason)
                     for ids, reason in self.script[tuple(r["prompt_token_ids"])]
-                ][: params.n]
+                ][: p.n]
             )
-            for r in requests
+            for r, p in zip(requests, per_request, strict=True)
         ]
 
     def apply_model(self, fn):
@@ -167,3 +168,19 @@ def test_unknown_engine_is_a_one_line_error():
     assert "Traceback" not in res.output
     res = CliRunner().invoke(app, ["run", "smoke", "sampling.engine=vlm", "--dry-run"])
     assert res.exit_code == 2 and "sampling.engine" in res.output and "Traceback" not in res.output
+
+
+def test_keys_of_a_sharded_run_become_one_seed_per_request(fake_vllm):
+    """A sharded run's prompt keys reach vLLM as per-request seeds (distinct per prompt, so not
+    correlated), whichever rank's engine serves the prompt; greedy calls take no seed."""
+    tok = build_tokenizer()
+    model = build_tiny_model(SMALL, tok)
+    enc = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    fake_vllm["script"] = {tuple(enc(p)): [([5], "length")] * 2 for p in ("1", "2")}
+    sampler = VLLMSampler()
+    keys = torch.tensor([-(2**63) + 7, 12345])
+    sampler.generate(model, tok, ["1", "2"], 2, 1, keys=keys)
+    _, params = fake_vllm["llm"].calls[-1]
+    assert [p.seed for p in params] == [7, 12345] and all(p.n == 2 for p in params)
+    sampler.generate(model, tok, ["1", "2"], 2, 1, keys=keys, greedy=True)
+    assert getattr(fake_vllm["llm"].calls[-1][1], "seed", None) is None
