@@ -112,6 +112,8 @@ class TrainConfig:
     sharding: Literal["none", "ddp", "fsdp"] = "none"
     collective_timeout_s: Positive = 600.0  # a rank waiting longer in a collective fails
     save_checkpoint: bool = False  # save the final policy under results/checkpoints/<run_id>
+    checkpoint_every: Size = 0  # steps between mid-run checkpoints for --resume (0 = none)
+    keep_checkpoints: Count = 2  # mid-run checkpoints kept (older ones removed)
 
 
 @dataclass(frozen=True)
@@ -449,7 +451,12 @@ def config_hash(cfg: RunConfig) -> str:
     same = dataclasses.replace(
         cfg,
         train=dataclasses.replace(
-            cfg.train, threads=0, sharding="none", collective_timeout_s=600.0
+            cfg.train,
+            threads=0,
+            sharding="none",
+            collective_timeout_s=600.0,
+            checkpoint_every=0,
+            keep_checkpoints=2,
         ),  # how many processes ran it does not change what it computes (docs/distributed.md)
         tracking=TrackingConfig(),
         run_name="",

@@ -100,6 +100,11 @@ def full(t: torch.Tensor) -> torch.Tensor:
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
+def barrier(world: World) -> None:
+    if world.sharded:
+        dist.barrier()
+
+
 def gather(obj, world: World) -> list:
     """Every rank's ``obj``, in rank order, on every rank."""
     if not world.sharded:

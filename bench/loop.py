@@ -14,13 +14,14 @@ import random
 import resource
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from rich.markup import escape
 
 from algorithms import ALGORITHMS
-from bench import distributed
+from bench import checkpoint, distributed
 from bench.config import RunConfig, config_hash, flatten, to_yaml
 from bench.core.errors import BenchError
 from bench.core.generation import Generation, Sampler, Source
@@ -44,14 +45,38 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def prompt_stream(rows: list[dict], per_step: int, seed: int):
-    """Endless batches of rows: a fresh seeded permutation each pass over the train split."""
-    rng = random.Random(seed)
-    while True:
-        order = list(range(len(rows)))
-        rng.shuffle(order)
-        for s in range(0, len(order) - per_step + 1, per_step):
-            yield [rows[i] for i in order[s : s + per_step]]
+class PromptStream:
+    """Endless batches of rows: a fresh seeded permutation each pass over the train split. Its
+    state (generator, pass order, position) is saved in mid-run checkpoints."""
+
+    def __init__(self, rows: list[dict], per_step: int, seed: int):
+        self.rows, self.per_step = rows, per_step
+        self.rng = random.Random(seed)
+        self.order: list[int] = []
+        self.at = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> list[dict]:
+        if self.at + self.per_step > len(self.order):
+            self.order = list(range(len(self.rows)))
+            self.rng.shuffle(self.order)
+            self.at = 0
+        batch = [self.rows[i] for i in self.order[self.at : self.at + self.per_step]]
+        self.at += self.per_step
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.getstate(), "order": self.order, "at": self.at}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.setstate(state["rng"])
+        self.order, self.at = list(state["order"]), state["at"]
+
+
+def prompt_stream(rows: list[dict], per_step: int, seed: int) -> PromptStream:
+    return PromptStream(rows, per_step, seed)
 
 
 def checkpoint_dir(run_id: str):
@@ -71,10 +96,18 @@ class Run:
     stream: object  # prompt_stream generator
     tracker: Tracker | RankTracker
     world: World = field(default_factory=World)
+    config_hash: str = ""
     counters: Counters = field(default_factory=Counters)
     samples: list[str] = field(default_factory=list)  # JSON lines of logged completions
     final: dict = field(default_factory=dict)  # the last value of every metric
     start: float = field(default_factory=time.time)
+
+    def elapsed(self) -> float:
+        return time.time() - self.start
+
+    def resume_elapsed(self, seconds: float) -> None:
+        """Go on counting from a checkpoint's elapsed time."""
+        self.start = time.time() - seconds
 
 
 def train_pool(cfg: RunConfig, task: Task) -> list[dict]:
@@ -93,7 +126,13 @@ def train_pool(cfg: RunConfig, task: Task) -> list[dict]:
     return pool
 
 
-def set_up(cfg: RunConfig, sampler: Sampler | None, tracking_uri: str | None, tags: dict) -> Run:
+def set_up(
+    cfg: RunConfig,
+    sampler: Sampler | None,
+    tracking_uri: str | None,
+    tags: dict,
+    resume: Path | None = None,
+) -> Run:
     """Model, reference, learner, source and MLflow run of a training run (on each rank of a
     sharded run: rank 0 alone opens the MLflow run)."""
     if cfg.train.threads:
@@ -125,19 +164,25 @@ def set_up(cfg: RunConfig, sampler: Sampler | None, tracking_uri: str | None, ta
         "algorithm.source": algo.source,
         "bench.config": config_hash(cfg),
     }
-    tracker = open_tracker(cfg, tracking_uri, tags, world)
+    tracker = open_tracker(cfg, tracking_uri, tags, world, resume)
     stream = prompt_stream(pool, cfg.train.prompts_per_step, cfg.seed)
-    return Run(cfg, task, tokenizer, learner, sampler, source, stream, tracker, world=world)
+    run = Run(cfg, task, tokenizer, learner, sampler, source, stream, tracker, world=world)
+    run.config_hash = tags["bench.config"]
+    return run
 
 
-def open_tracker(cfg: RunConfig, tracking_uri, tags: dict, world: World):
-    """The run's MLflow run (rank 0), its run id known to every rank."""
+def open_tracker(cfg: RunConfig, tracking_uri, tags: dict, world: World, resume: Path | None):
+    """The run's MLflow run (rank 0; the checkpoint's run when resuming), its run id known to
+    every rank."""
     tracker = None
     if world.main:
         uri = resolve_uri(tracking_uri or cfg.tracking.uri)
-        params = flatten(cfg) | {"world_size": world.size}
-        tracker = Tracker(uri, cfg.tracking.experiment, cfg.name, params, tags)
-        tracker.log_text(to_yaml(cfg), "config.yaml")
+        if resume is not None:  # results/checkpoints/<run_id>/step-N
+            tracker = Tracker.resume(uri, resume.parent.name, checkpoint.step_of(resume))
+        else:
+            params = flatten(cfg) | {"world_size": world.size}
+            tracker = Tracker(uri, cfg.tracking.experiment, cfg.name, params, tags)
+            tracker.log_text(to_yaml(cfg), "config.yaml")
     run_id = distributed.gather(tracker.run_id if tracker else None, world)[0]
     if world.launch is not None and world.main:
         (world.launch / "tracking_uri").write_text(tracker.uri)
@@ -198,7 +243,7 @@ def train_step(run: Run, step: int) -> dict[str, float]:
             "perf/tokens_per_s": n_tokens / dt,
             "perf/lr": run.learner.sched.get_last_lr()[0],
             "perf/cum_tokens_generated": run.counters.tokens_generated,  # x axes for reports
-            "perf/elapsed_s": time.time() - run.start,
+            "perf/elapsed_s": run.elapsed(),
         }
     )
 
@@ -244,14 +289,35 @@ def save_final_checkpoint(run: Run) -> None:
 
 
 def finish(run: Run, status: str) -> None:
-    """Totals, samples and the run's status; called on success, error and Ctrl-C alike."""
-    perf = run.counters.as_metrics()
-    perf["perf/wall_s"] = time.time() - run.start
-    perf["perf/peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    log(run, perf, run.cfg.train.steps)
-    if run.samples:
-        run.tracker.log_text("\n".join(run.samples) + "\n", "samples.jsonl")
+    """Totals, samples and the run's status; called on success, error and Ctrl-C alike. A run
+    that checkpoints and stopped early logs its totals when it finishes after ``--resume``."""
+    if status == "FINISHED" or not run.cfg.train.checkpoint_every:
+        perf = run.counters.as_metrics()
+        perf["perf/wall_s"] = run.elapsed()
+        perf["perf/peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        log(run, perf, run.cfg.train.steps)
+        if run.samples:
+            run.tracker.log_text("\n".join(run.samples) + "\n", "samples.jsonl")
     run.tracker.end(status)
+
+
+def start(run: Run, resume: Path | None) -> int:
+    """The first step to run: 1 after the step-0 eval, or the step after the checkpoint."""
+    if resume is not None:
+        return checkpoint.restore(run, resume) + 1
+    run_eval(run, 0)
+    log(run, {"perf/cum_tokens_generated": 0.0, "perf/elapsed_s": run.elapsed()}, 0)
+    return 1
+
+
+def after_step(run: Run, step: int) -> None:
+    """The evals and checkpoints due after ``step``."""
+    cfg = run.cfg
+    if step % cfg.eval.every == 0 or step == cfg.train.steps:
+        run_eval(run, step)
+    every = cfg.train.checkpoint_every
+    if every and step % every == 0 and step < cfg.train.steps:
+        checkpoint.save(run, step)
 
 
 def ended(run: Run, status: str, error: BaseException) -> str:
@@ -275,29 +341,28 @@ def train(
     sampler: Sampler | None = None,
     tracking_uri: str | None = None,
     tags: dict | None = None,
+    resume: Path | None = None,
 ) -> dict:
     """Run one training run; returns the final metrics (and run_id). Logs to MLflow as it goes.
-    ``tags`` are added to the run's MLflow tags (e.g. the sweep id)."""
-    run = set_up(cfg, sampler, tracking_uri, tags or {})
+    ``tags`` are added to the run's MLflow tags (e.g. the sweep id). ``resume``: a mid-run
+    checkpoint (bench/checkpoint.py) the run continues from, in its own MLflow run."""
+    run = set_up(cfg, sampler, tracking_uri, tags or {}, resume)
     status = "FAILED"
     try:
+        first = start(run, resume)
         with bar() as progress:
-            job = progress.add_task(escape(cfg.name), total=cfg.train.steps, info="")
-            run_eval(run, 0)
-            log(
-                run,
-                {"perf/cum_tokens_generated": 0.0, "perf/elapsed_s": time.time() - run.start},
-                0,
+            job = progress.add_task(
+                escape(cfg.name), total=cfg.train.steps, completed=first - 1, info=""
             )
-            for step in range(1, cfg.train.steps + 1):
+            for step in range(first, cfg.train.steps + 1):
                 metrics = train_step(run, step)
                 log(run, metrics, step)
-                if step % cfg.eval.every == 0 or step == cfg.train.steps:
-                    run_eval(run, step)
+                after_step(run, step)
                 reward = metrics["train/reward/mean"]
                 progress.update(job, advance=1, info=f"reward {reward:.3f}")
         if cfg.train.save_checkpoint:
             save_final_checkpoint(run)
+        checkpoint.clear(run)
         status = "FINISHED"
     except KeyboardInterrupt as e:
         status = ended(run, "KILLED", e)

@@ -43,6 +43,13 @@ class Rollouts:
                 f"sampling.source=uniform needs a finite response set; task '{task.name}' has none"
             )
 
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.getstate(), "buffer": self.buffer, "replay_frac": self.replay_frac}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.setstate(state["rng"])
+        self.buffer, self.replay_frac = state["buffer"], state["replay_frac"]
+
     @property
     def on_policy(self) -> bool:
         return self.cfg.sampling.source == "policy" and self.cfg.sampling.replay_ratio == 0
@@ -140,6 +147,12 @@ class PreferencePairs:
     def __init__(self, rows: list[dict], max_new_tokens: int):
         self.pairs = {r["prompt"]: (r["chosen"], r["rejected"]) for r in rows}
         self.max_new_tokens = max_new_tokens
+
+    def state_dict(self) -> dict:
+        return {}  # nothing drawn at random, nothing remembered
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
     def draw(self, policy, tokenizer, prompts: list[str]) -> Generation:
         texts = [t for p in prompts for t in self.pairs[p]]

@@ -184,7 +184,7 @@ class Tracker:
     def __init__(
         self, uri: str, experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str]
     ):
-        from mlflow.entities import Param, RunTag
+        from mlflow.entities import Param
 
         self.uri = uri
         self.client = client(uri)
@@ -194,10 +194,34 @@ class Tracker:
         items = [Param(k, str(v)) for k, v in params.items()]
         for s in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[s : s + 100])
+        self._start_buffer()
+
+    def _start_buffer(self) -> None:
+        from mlflow.entities import RunTag
+
         self._RunTag = RunTag
         self._buffer: list = []
         self._last_flush = time.time()
         self.flush_s = 5.0
+        self.sent: set[tuple[str, int]] = set()  # (metric, step) already in MLflow (a resume)
+
+    @classmethod
+    def resume(cls, uri: str, run_id: str, after_step: int) -> Tracker:
+        """The MLflow run ``run_id`` continued (status RUNNING again, this process's tags). The
+        steps after ``after_step`` are computed again; what of them already reached MLflow
+        before the run stopped is not sent a second time."""
+        self = cls.__new__(cls)
+        self.uri, self.client, self.run_id = uri, client(uri), run_id
+        self._start_buffer()
+        for key in self.client.get_run(run_id).data.metrics:
+            for m in self.client.get_metric_history(run_id, key):
+                if m.step > after_step:
+                    self.sent.add((key, m.step))
+        self.client.update_run(run_id, status="RUNNING")
+        with contextlib.suppress(Exception):  # why it stopped: no longer true
+            self.client.delete_tag(run_id, "bench.end")
+        self.set_tags(process_tags() | {"bench.resumed_from_step": after_step})
+        return self
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Buffered: sent every ``flush_s`` seconds (and by flush/end), one SQL batch for many steps.
@@ -205,7 +229,9 @@ class Tracker:
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        self._buffer += [Metric(k, float(v), ts, step) for k, v in metrics.items()]
+        self._buffer += [
+            Metric(k, float(v), ts, step) for k, v in metrics.items() if (k, step) not in self.sent
+        ]
         if time.time() - self._last_flush > self.flush_s or len(self._buffer) >= 1000:
             self.flush()
 

@@ -32,6 +32,8 @@ def _specs(sharding: str) -> list[str]:
     extra = f"train.sharding={sharding}," if sharding != "none" else ""
     specs = [f"{a}=algorithm={a},{extra}{COMMON}" for a in ALGOS]
     specs.append(f"minibatches=algorithm=grpo,train.epochs=2,train.minibatches=2,{extra}{COMMON}")
+    replay = "sampling.replay_ratio=0.5,train.prompt_pool=8"  # prompts recur: rows are replayed
+    specs.append(f"replay=algorithm=gvpo,{replay},{extra}{COMMON}")
     # AdamW turns the rounding noise of a gradient that is zero in exact arithmetic (k_proj's
     # bias: softmax ignores a shift; rarely seen embedding rows) into steps of ~0.1 lr, and
     # one-row micro-batches round differently from one pass: there SGD shows the gradient
@@ -98,11 +100,13 @@ def _same(one: dict, two: dict) -> None:
 
 
 @pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
-@pytest.mark.parametrize("name", [*ALGOS, "minibatches"])
+@pytest.mark.parametrize("name", [*ALGOS, "minibatches", "replay"])
 def test_two_processes_sample_train_and_log_what_one_does(recorded, sharding, name):
     one = torch.load(recorded["none"] / f"{name}.pt")
     two = torch.load(recorded[sharding] / f"{name}.pt")
     _same(one, two)
+    if name == "replay":  # replayed rows (with their behaviour log-probs) were trained on
+        assert any(m.get("rollout/replay_frac", 0) > 0 for _, m in one["metrics"])
     moved = any(not torch.equal(p, two["params"][n]) for n, p in _initial(recorded).items())
     assert moved  # the weights did train
 

@@ -70,12 +70,20 @@ def run(
     tag: Annotated[
         list[str] | None, typer.Option(help="extra MLflow tag of the run, KEY=VALUE; repeatable")
     ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="continue from the latest checkpoint of this run (or of RUN_ID given after it)",
+        ),
+    ] = False,
 ):
-    """Train one run: bench run PRESET key=value ..."""
+    """Train one run: bench run PRESET key=value ... [--resume [RUN_ID]]"""
     from bench.config import load_config
     from bench.distributed import launched
 
     preset, overrides = _split(args, "arithmetic")
+    run_id = _run_id_of(overrides) if resume else None
     cfg = load_config(preset, overrides)
     if nproc > 1 and not launched() and not dry_run:
         from bench.app.launch import check_sharding, run_processes, without_nproc
@@ -97,7 +105,14 @@ def run(
         return
     from bench.loop import train
 
-    final = train(cfg, tracking_uri=tracking_uri, tags=_tags(tag))
+    path = None
+    if resume:
+        from bench.app.resume import checkpoint_to_resume
+
+        path = checkpoint_to_resume(cfg, tracking_uri, run_id)
+        if os.environ.get("RANK", "0") == "0":
+            console.print(f"resuming {escape(cfg.name)} from {path}")
+    final = train(cfg, tracking_uri=tracking_uri, tags=_tags(tag), resume=path)
     if os.environ.get("RANK", "0") != "0":
         return  # rank 0 reports
     shown = {k: v for k, v in final.items() if k.startswith("eval/")}
@@ -106,6 +121,16 @@ def run(
     console.print(
         f"run {escape(cfg.name)} ({final['run_id']}) in experiment '{cfg.tracking.experiment}'"
     )
+
+
+def _run_id_of(overrides: list[str]) -> str | None:
+    """The RUN_ID after --resume (it lands among the positional arguments), taken out."""
+    ids = [a for a in overrides if "=" not in a]
+    for a in ids:
+        overrides.remove(a)
+    if len(ids) > 1:
+        raise BenchError(f"--resume takes one run id, got {', '.join(ids)}")
+    return ids[0] if ids else None
 
 
 def _tags(items: list[str] | None) -> dict[str, str]:

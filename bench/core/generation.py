@@ -95,6 +95,11 @@ class Source(Protocol):
 
     def draw(self, policy, tokenizer, prompts: list[str]) -> Generation: ...
 
+    def state_dict(self) -> dict:
+        """What a mid-run checkpoint keeps (generator state, replay buffer)."""
+
+    def load_state_dict(self, state: dict) -> None: ...
+
 
 def completion_mask(ids: Tensor, eos_id: int) -> tuple[Tensor, Tensor]:
     """Mask [N, T] of tokens up to and including the first EOS, and truncated [N] (no EOS)."""
