@@ -1,0 +1,162 @@
+"""Mid-run checkpoints and exact resume, on real processes killed with SIGKILL: the resumed run
+logs, at every step, exactly (bitwise) the metrics of the same run never interrupted, ends
+with exactly its weights, and MLflow's history has each step once."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from bench.tracking import client
+from tests.helpers import bench
+
+# wall-clock metrics differ between any two runs; every other metric must be equal bitwise
+CLOCK = {"perf/step_s", "perf/tokens_per_s", "perf/elapsed_s", "perf/wall_s", "perf/peak_rss_mb"}
+BASE = [
+    "smoke",
+    "train.steps=8",
+    "train.checkpoint_every=2",
+    "train.save_checkpoint=true",
+    "model.num_layers=2",
+    "eval.every=3",
+    "eval.max_prompts=8",
+    "tracking.experiment=resume",
+]
+CASES = {
+    "ppo": ["algorithm=ppo"],  # a value head
+    "gvpo_replay": ["algorithm=gvpo", "sampling.replay_ratio=0.5", "train.prompt_pool=8"],
+    "grpo": ["algorithm=grpo"],  # a reference
+}
+
+
+def _runs(results: Path) -> dict:
+    c = client(f"sqlite:///{results}/mlflow.db")
+    exp = c.get_experiment_by_name("resume").experiment_id
+    return {r.info.run_name: r for r in c.search_runs([exp])}
+
+
+def _history(results: Path, run) -> dict[str, list[tuple[int, float]]]:
+    c = client(f"sqlite:///{results}/mlflow.db")
+    return {
+        key: sorted((m.step, m.value) for m in c.get_metric_history(run.info.run_id, key))
+        for key in run.data.metrics
+        if key not in CLOCK
+    }
+
+
+def _weights(results: Path, run) -> dict:
+    return load_file(results / "checkpoints" / run.info.run_id / "model.safetensors")
+
+
+def _wait_for_checkpoint(results: Path, proc, timeout: float = 120) -> None:
+    start = time.time()
+    while not list((results / "checkpoints").glob("*/latest")):
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        assert time.time() - start < timeout
+        time.sleep(0.05)
+
+
+def _assert_same_run(results: Path, whole: str, resumed: str) -> None:
+    runs = _runs(results)
+    a, b = runs[whole], runs[resumed]
+    assert b.info.status == "FINISHED"
+    ha, hb = _history(results, a), _history(results, b)
+    assert ha.keys() == hb.keys()
+    for key in ha:  # every step once, every value bitwise
+        assert hb[key] == ha[key], key
+        assert len({s for s, _ in hb[key]}) == len(hb[key]), f"{key}: a step logged twice"
+    wa, wb = _weights(results, a), _weights(results, b)
+    assert wa.keys() == wb.keys()
+    assert all(wa[k].equal(wb[k]) for k in wa)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_run_killed_at_a_random_step_and_resumed_is_the_uninterrupted_run(tmp_path, case):
+    args = [*BASE, *CASES[case]]
+    whole = bench("run", *args, "run_name=whole", results=tmp_path)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    proc = bench("run", *args, "run_name=cut", results=tmp_path, wait=False)
+    _wait_for_checkpoint(tmp_path, proc)
+    time.sleep(random.Random(case).uniform(0, 1.5))  # somewhere after the first checkpoint
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    latest = next((tmp_path / "checkpoints").glob("*/latest")).read_text().strip()
+    resumed = bench("run", *args, "run_name=cut", "--resume", results=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"from {tmp_path}" in resumed.stdout + resumed.stderr
+    _assert_same_run(tmp_path, "whole", "cut")
+    run = _runs(tmp_path)["cut"]
+    assert run.data.tags["bench.resumed_from_step"] == str(int(latest.removeprefix("step-")))
+    assert "bench.end" not in run.data.tags  # the reaper's "process gone" no longer holds
+    assert not list((tmp_path / "checkpoints").glob("*/step-*"))  # finished: cleared
+
+
+KILL_DURING_WRITE = """
+import os, signal, sys
+import bench.checkpoint as c
+save = c.torch.save
+def dying(obj, path, *a, **k):
+    if isinstance(obj, dict) and obj.get("step") == 4:  # the weights of step 4 are written, its run state is not
+        os.kill(os.getpid(), signal.SIGKILL)
+    return save(obj, path, *a, **k)
+c.torch.save = dying
+sys.argv = ["bench", *sys.argv[1:]]
+from bench.app.cli import main
+main()
+"""
+
+
+def test_a_kill_during_a_checkpoint_write_resumes_from_the_previous_one(tmp_path):
+    args = [*BASE, "algorithm=grpo"]
+    assert bench("run", *args, "run_name=whole", results=tmp_path).returncode == 0
+    env = os.environ | {"BENCH_PROGRESS": "0", "BENCH_RESULTS": str(tmp_path)}
+    cut = subprocess.run(
+        [sys.executable, "-c", KILL_DURING_WRITE, "run", *args, "run_name=cut"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert cut.returncode == -signal.SIGKILL
+    folder = next((tmp_path / "checkpoints").glob("*/latest")).parent
+    assert (folder / "latest").read_text().strip() == "step-000002"
+    assert (folder / ".step-000004.tmp" / "weights").is_dir()  # the half-written one
+    resumed = bench("run", *args, "run_name=cut", "--resume", results=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert _runs(tmp_path)["cut"].data.tags["bench.resumed_from_step"] == "2"
+    _assert_same_run(tmp_path, "whole", "cut")
+
+
+def test_resume_refuses_a_changed_config_with_a_one_line_diff(tmp_path):
+    args = [*BASE, "algorithm=grpo"]
+    proc = bench("run", *args, results=tmp_path, wait=False)
+    _wait_for_checkpoint(tmp_path, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    changed = bench("run", *args, "train.lr=0.001", "--resume", results=tmp_path)
+    lines = (changed.stdout + changed.stderr).strip().splitlines()
+    assert changed.returncode == 2 and "Traceback" not in changed.stderr
+    assert lines[-1].startswith("error: the config changed since run ")
+    assert "train.lr: 0.0003 -> 0.001" in lines[-1]
+    run_id = next(iter(_runs(tmp_path).values())).info.run_id
+    # the run's own id works too, and how it is executed may change (threads, checkpoints)
+    again = bench("run", *args, "train.checkpoint_every=3", "--resume", run_id, results=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert _runs(tmp_path)[next(iter(_runs(tmp_path)))].info.status == "FINISHED"
+
+
+def test_resume_without_a_checkpoint_is_one_line(tmp_path):
+    done = bench("run", "smoke", "--resume", results=tmp_path)
+    assert done.returncode == 2
+    last = (done.stdout + done.stderr).strip().splitlines()[-1]
+    assert last.startswith(
+        "error: --resume: no checkpoint of an unfinished run 'arithmetic__gvpo__0'"
+    )
