@@ -179,3 +179,60 @@ def test_nproc_without_a_sharding_is_one_line(tmp_path):
         "error: --nproc 2 needs train.sharding=ddp or train.sharding=fsdp (it is none)"
     )
     assert "Traceback" not in done.stderr
+
+
+def _rank_pid(parent: int, rank: int, timeout: float = 60) -> int:
+    """The pid of a worker of ``parent``'s launch with RANK=rank (read from /proc)."""
+    start = time.time()
+    while time.time() - start < timeout:
+        for stat in Path("/proc").glob("[0-9]*/environ"):
+            try:
+                env = stat.read_bytes().split(b"\0")
+                ppid = int((stat.parent / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == parent and f"RANK={rank}".encode() in env:
+                return int(stat.parent.name)
+        time.sleep(0.1)
+    raise AssertionError(f"no rank {rank} under {parent}")
+
+
+def test_a_sharded_run_whose_rank_is_killed_resumes_exactly_from_its_sharded_checkpoint(tmp_path):
+    """fsdp on 2 processes, a checkpoint every 2 steps (torch.distributed.checkpoint: each rank
+    writes its shard): rank 1 killed with SIGKILL after a checkpoint, the launcher exits
+    non-zero in one line, ``--resume --nproc 2`` finishes the run, whose history equals the
+    uninterrupted 2-process run's bitwise, each step once."""
+    args = [
+        "smoke",
+        "train.sharding=fsdp",
+        "train.steps=6",
+        "train.checkpoint_every=2",
+        "eval.max_prompts=8",
+        "--nproc",
+        "2",
+    ]
+    assert bench("run", *args, "run_name=whole", results=tmp_path).returncode == 0
+    proc = bench("run", *args, "run_name=cut", results=tmp_path, wait=False)
+    rank1 = _rank_pid(proc.pid, 1)
+    start = time.time()
+    while not list((tmp_path / "checkpoints").glob("*/latest")):
+        assert proc.poll() is None and time.time() - start < 120
+        time.sleep(0.05)
+    os.kill(rank1, 9)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "error: rank 1 of 2 failed" in (out + err).splitlines()[-1]
+    shards = list((tmp_path / "checkpoints").glob("*/step-*/weights/*.distcp"))
+    assert len(shards) == 2  # one file per rank
+    resumed = bench("run", *args, "run_name=cut", "--resume", results=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    c = client(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = {
+        r.info.run_name: r for r in c.search_runs([c.get_experiment_by_name("smoke").experiment_id])
+    }
+    assert runs["cut"].info.status == "FINISHED"
+    for key in runs["whole"].data.metrics:
+        if key in CLOCK:
+            continue
+        a = sorted((m.step, m.value) for m in c.get_metric_history(runs["whole"].info.run_id, key))
+        b = sorted((m.step, m.value) for m in c.get_metric_history(runs["cut"].info.run_id, key))
+        assert a == b, key

@@ -160,3 +160,33 @@ def test_resume_without_a_checkpoint_is_one_line(tmp_path):
     assert last.startswith(
         "error: --resume: no checkpoint of an unfinished run 'arithmetic__gvpo__0'"
     )
+
+
+def test_compare_resumes_an_interrupted_run_from_its_checkpoint(tmp_path):
+    """``bench compare`` killed mid-run, then run again: the interrupted run continues from its
+    checkpoint in its own MLflow run (not from step 0), and the comparison finishes."""
+    args = [
+        "compare",
+        "smoke",
+        "--algorithms",
+        "grpo",
+        "--seeds",
+        "1",
+        "--workers",
+        "1",
+        "train.steps=8",
+        "train.checkpoint_every=2",
+        "eval.max_prompts=8",
+    ]
+    proc = bench(*args, results=tmp_path, wait=False)
+    _wait_for_checkpoint(tmp_path, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    again = bench(*args, results=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    c = client(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = c.search_runs([c.get_experiment_by_name("smoke").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert int(runs[0].data.tags["bench.resumed_from_step"]) >= 2
+    steps = [m.step for m in c.get_metric_history(runs[0].info.run_id, "train/loss")]
+    assert sorted(steps) == list(range(1, 9))  # no gap, no duplicate

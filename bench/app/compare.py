@@ -59,13 +59,18 @@ def finished_configs(cfgs: list[RunConfig], tracking_uri: str | None) -> set[str
 
 
 def _run_one(cfg: RunConfig, tracking_uri: str | None, tags: dict | None, nproc: int = 1) -> dict:
+    """One run of a comparison or sweep; a run of this config that was interrupted after a
+    checkpoint is resumed from it, not started again."""
+    from bench.app.resume import interrupted
+
+    resume = interrupted(cfg, tracking_uri)
     if nproc > 1:
         from bench.app.launch import run_config
 
-        return run_config(cfg, nproc, tracking_uri, tags or {})
+        return run_config(cfg, nproc, tracking_uri, tags or {}, resume)
     from bench.loop import train
 
-    return train(cfg, tracking_uri=tracking_uri, tags=tags)
+    return train(cfg, tracking_uri=tracking_uri, tags=tags, resume=resume)
 
 
 def run_all(

@@ -49,8 +49,7 @@ def run_processes(nproc: int, argv: list[str]) -> str | None:
     except ChildFailedError as e:
         from bench.distributed import World
 
-        failed = first_failure(World(launch=launch))
-        rank, line = failed or (min(e.failures), f"exit code {_exit_code(e)}")
+        rank, line = _cause(e, first_failure(World(launch=launch)))
         _mark_failed(launch, rank, line)
         kind, _, reason = line.partition(": ")
         if kind == "BenchError":  # a mistake in the input, found by the ranks (e.g. the data)
@@ -61,7 +60,7 @@ def run_processes(nproc: int, argv: list[str]) -> str | None:
     return run_id
 
 
-def run_config(cfg, nproc: int, tracking_uri: str | None, tags: dict) -> dict:
+def run_config(cfg, nproc: int, tracking_uri: str | None, tags: dict, resume=None) -> dict:
     """One run of a comparison or sweep on ``nproc`` processes: its config goes to the ranks as
     the resolved YAML; returns its final metrics, as ``bench.loop.train`` does."""
     import tempfile
@@ -75,6 +74,8 @@ def run_config(cfg, nproc: int, tracking_uri: str | None, tags: dict) -> dict:
         with open(path, "w") as f:
             f.write(to_yaml(cfg))
         argv = ["run", path, "--tracking-uri", uri, *[f"--tag={k}={v}" for k, v in tags.items()]]
+        if resume is not None:  # results/checkpoints/<run_id>/step-N
+            argv += ["--resume", resume.parent.name]
         run_id = run_processes(nproc, argv)
     return client(uri).get_run(run_id).data.metrics | {"run_id": run_id}
 
@@ -83,12 +84,23 @@ def _threads(nproc: int) -> int:
     return max(1, (os.cpu_count() or 1) // nproc)
 
 
-def _exit_code(e) -> int:
-    return next(iter(e.failures.values())).exitcode
+def _cause(e, reported: tuple[int, str] | None) -> tuple[int, str]:
+    """(rank, why) the launch failed: a rank killed by a signal (it could write no error, and the
+    others' errors follow from it), else the first error a rank reported."""
+    import signal
+
+    for rank, failure in sorted(e.failures.items()):
+        if failure.exitcode < 0 and failure.exitcode != -signal.SIGTERM:
+            return rank, f"killed by {signal.Signals(-failure.exitcode).name}"
+    if reported is not None:
+        return reported
+    rank = min(e.failures)
+    return rank, f"exit code {e.failures[rank].exitcode}"
 
 
 def _mark_failed(launch, rank: int, line: str) -> None:
-    """End the launch's MLflow run FAILED if rank 0 left it RUNNING (it was killed)."""
+    """The launch's MLflow run FAILED, naming the rank that caused it (rank 0 may have been
+    killed, or have seen only the broken connection to the failed rank)."""
     run_id_file = launch / "run_id"
     uri_file = launch / "tracking_uri"
     if not run_id_file.exists() or not uri_file.exists():
@@ -99,11 +111,10 @@ def _mark_failed(launch, rank: int, line: str) -> None:
 
     c = client(uri_file.read_text())
     run_id = run_id_file.read_text()
-    if c.get_run(run_id).info.status != "RUNNING":
-        return
     tags = [RunTag("bench.failed_rank", str(rank)), RunTag("bench.end", line)]
     c.log_batch(run_id, tags=tags)
-    c.set_terminated(run_id, status="FAILED")
+    if c.get_run(run_id).info.status == "RUNNING":
+        c.set_terminated(run_id, status="FAILED")
 
 
 def without_nproc(argv: list[str]) -> list[str]:
