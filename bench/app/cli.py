@@ -143,6 +143,24 @@ def _tags(items: list[str] | None) -> dict[str, str]:
 Nproc = Annotated[
     int, typer.Option(min=1, help="processes (GPUs) per run: each run is launched by torchrun")
 ]
+ExecutorName = Annotated[
+    str, typer.Option("--executor", help="where runs go: local (processes here) or ray")
+]
+RayAddress = Annotated[
+    str | None, typer.Option("--ray-address", help="a Ray cluster (default: start one here)")
+]
+MaxRetries = Annotated[
+    int, typer.Option("--max-retries", min=0, help="Ray: retries of a run whose worker died")
+]
+
+
+def _executor(name, workers, nproc, address, retries, tracking_uri):
+    from bench.app.executors import executor
+    from bench.tracking import resolve_uri
+
+    if name not in ("local", "ray"):
+        raise BenchError(f"--executor {name}: choose local or ray")
+    return executor(name, workers, nproc, address, retries, resolve_uri(tracking_uri))
 
 
 @app.command()
@@ -166,6 +184,9 @@ def compare(
         bool, typer.Option("--rerun", help="run again configurations that already finished")
     ] = False,
     nproc: Nproc = 1,
+    executor: ExecutorName = "local",
+    ray_address: RayAddress = None,
+    max_retries: MaxRetries = 2,
     tracking_uri: TrackingUri = None,
 ):
     """Every algorithm x seed on the preset's task, then the report: bench compare PRESET ..."""
@@ -199,7 +220,8 @@ def compare(
                 "reported, not run again (--rerun runs them)"
             )
         cfgs = todo
-    outcomes = run_all(cfgs, workers, tracking_uri, nproc=_checked(cfgs, nproc))
+    where = _executor(executor, workers, nproc, ray_address, max_retries, tracking_uri)
+    outcomes = run_all(cfgs, workers, tracking_uri, nproc=_checked(cfgs, nproc), executor=where)
     report_and_exit(outcomes, cfg.tracking.experiment, tracking_uri, cfg.compare.algorithms[0])
 
 
@@ -218,6 +240,9 @@ def sweep(
         bool, typer.Option("--dry-run", help="print the plan and what is already done")
     ] = False,
     nproc: Nproc = 1,
+    executor: ExecutorName = "local",
+    ray_address: RayAddress = None,
+    max_retries: MaxRetries = 2,
     tracking_uri: TrackingUri = None,
 ):
     """The cross product of a grid, resumable: bench sweep PRESET --grid algorithm=gvpo,grpo --grid seed=0..2."""
@@ -243,7 +268,10 @@ def sweep(
         return
     tags = [{"sweep.id": sid, "sweep.point": p} for p, _ in todo]
     cfgs = [c for _, c in todo]
-    outcomes = run_all(cfgs, workers, tracking_uri, tags, nproc=_checked(cfgs, nproc))
+    where = _executor(executor, workers, nproc, ray_address, max_retries, tracking_uri)
+    outcomes = run_all(
+        cfgs, workers, tracking_uri, tags, nproc=_checked(cfgs, nproc), executor=where
+    )
     report_and_exit(outcomes, points[0][1].tracking.experiment, tracking_uri)
 
 

@@ -80,6 +80,7 @@ def run_all(
     tags: list[dict] | None = None,
     *,
     nproc: int = 1,
+    executor=None,
 ) -> list[Outcome]:
     """Warm-start once in this process (cache), then run every config on the executor."""
     from bench.models import load_policy
@@ -105,7 +106,7 @@ def run_all(
     outcomes: list[Outcome | None] = [None] * len(cfgs)
     with bar() as progress:
         job = progress.add_task("runs", total=len(cfgs), info="")
-        for i, final, err in LocalExecutor(workers).map(
+        for i, final, err in (executor or LocalExecutor(workers)).map(
             _run_one, [(c, tracking_uri, t, nproc) for c, t in zip(cfgs, tags, strict=True)]
         ):
             outcomes[i] = Outcome(names[i], final, err)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Protocol
 
+from bench.core.errors import BenchError
 from bench.core.signals import terminate_as_interrupt
 
 CANCELLED = "cancelled: the comparison was interrupted"
@@ -88,3 +89,114 @@ class LocalExecutor:
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+# what the runs on Ray workers need to see as the driver does
+FORWARDED = (
+    "BENCH_RESULTS",
+    "HF_HOME",
+    "HF_HUB_OFFLINE",
+    "HF_DATASETS_OFFLINE",
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_DISABLE_TELEMETRY",
+    "TOKENIZERS_PARALLELISM",
+    "RAY_USAGE_STATS_ENABLED",
+)
+
+
+def _ray_call(fn: Callable, args: tuple) -> Any:
+    """A run inside a Ray worker: no progress bar there (the driver shows one over all runs)."""
+    os.environ["BENCH_PROGRESS"] = "0"
+    return fn(*args)
+
+
+class RayExecutor:
+    """Each run a Ray task on a cluster (``address``: an existing one; None: a local one started
+    here). A run of ``nproc`` processes gets a STRICT_PACK placement group of ``nproc`` bundles
+    (one node; a GPU each when the cluster has GPUs) and is launched there by torchrun. A task
+    whose worker dies (a node lost, a preempted or killed process) is retried ``max_retries``
+    times, and the retry resumes the run from its last checkpoint (``bench.app.resume``); a run
+    that raises is reported, not retried."""
+
+    def __init__(self, address: str | None, max_retries: int = 2, cpus: float = 1, nproc: int = 1):
+        self.address, self.max_retries, self.cpus, self.nproc = address, max_retries, cpus, nproc
+
+    def _connect(self):
+        import ray
+
+        if not ray.is_initialized():
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+            env = {
+                "runtime_env": {"env_vars": {k: v for k, v in os.environ.items() if k in FORWARDED}}
+            }
+            if self.address:
+                ray.init(address=self.address, log_to_driver=False, **env)
+            else:  # a local cluster on loopback, this machine's cores
+                ray.init(
+                    include_dashboard=False,
+                    _node_ip_address="127.0.0.1",
+                    log_to_driver=False,
+                    **env,
+                )
+        return ray
+
+    def _options(self, ray) -> dict:
+        options = {
+            "num_cpus": self.cpus,
+            "max_retries": self.max_retries,
+            "retry_exceptions": False,
+        }
+        if self.nproc <= 1:
+            return options
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        gpu = {"GPU": 1} if ray.cluster_resources().get("GPU", 0) else {}
+        group = placement_group([{"CPU": self.cpus, **gpu}] * self.nproc, strategy="STRICT_PACK")
+        ray.get(group.ready())
+        # the task (the launcher) and its torchrun processes share the group's resources
+        strategy = PlacementGroupSchedulingStrategy(group, placement_group_capture_child_tasks=True)
+        return options | {"num_cpus": 0, "scheduling_strategy": strategy}
+
+    def map(self, fn, jobs):
+        ray = self._connect()
+        task = ray.remote(_ray_call).options(**self._options(ray))
+        pending = {task.remote(fn, args): i for i, args in enumerate(jobs)}
+        try:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    i = pending.pop(ref)
+                    try:
+                        yield i, ray.get(ref), None
+                    except ray.exceptions.RayError as e:
+                        cause = getattr(e, "cause", None) or e
+                        yield i, None, f"{type(cause).__name__}: {str(cause).strip()[:2000]}"
+        except KeyboardInterrupt:  # Ctrl-C: queued runs never start, running ones are stopped
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
+
+
+def executor(name: str, workers: int, nproc: int, address: str | None, max_retries: int, uri: str):
+    """The executor ``--executor`` names: local processes (default) or Ray tasks. A Ray cluster
+    elsewhere needs a tracking server every node reaches: a SQLite file is refused."""
+    if name == "local":
+        if address:
+            raise BenchError("--ray-address needs --executor ray")
+        return LocalExecutor(workers)
+    if address and not _loopback(address) and uri.startswith(("sqlite:", "file:")):
+        raise BenchError(
+            f"--executor ray on the cluster at {address} logs from other machines: use a tracking "
+            f"server (--tracking-uri http://HOST:5000, see docs/distributed.md), not {uri}"
+        )
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise BenchError("--executor ray needs Ray: pip install 'gvpo-bench[ray]'") from None
+    return RayExecutor(address, max_retries, cpus=1, nproc=nproc)
+
+
+def _loopback(address: str) -> bool:
+    host = address.removeprefix("ray://").rsplit(":", 1)[0]
+    return host in ("127.0.0.1", "localhost", "auto", "local")
