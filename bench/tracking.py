@@ -197,22 +197,25 @@ class Tracker:
         self._start_buffer()
 
     def _start_buffer(self) -> None:
-        from mlflow.entities import RunTag
+        from bench.spool import Guard
 
-        self._RunTag = RunTag
-        self._buffer: list = []
+        self._buffer: list[list] = []  # [key, value, timestamp ms, step]
         self._last_flush = time.time()
         self.flush_s = 5.0
         self.sent: set[tuple[str, int]] = set()  # (metric, step) already in MLflow (a resume)
+        self.send = Guard(self.client, self.uri, self.run_id)  # or spool, in an outage
 
     @classmethod
     def resume(cls, uri: str, run_id: str, after_step: int) -> Tracker:
         """The MLflow run ``run_id`` continued (status RUNNING again, this process's tags). The
         steps after ``after_step`` are computed again; what of them already reached MLflow
-        before the run stopped is not sent a second time."""
+        before the run stopped is not sent a second time (a spool left by the stopped run is
+        sent first)."""
         self = cls.__new__(cls)
         self.uri, self.client, self.run_id = uri, client(uri), run_id
         self._start_buffer()
+        if self.send.spool.active:
+            self.send.spool.replay(self.client)
         for key in self.client.get_run(run_id).data.metrics:
             for m in self.client.get_metric_history(run_id, key):
                 if m.step > after_step:
@@ -226,31 +229,30 @@ class Tracker:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Buffered: sent every ``flush_s`` seconds (and by flush/end), one SQL batch for many steps.
         A SQLite insert costs ~10 ms, more than a whole step of a small model."""
-        from mlflow.entities import Metric
-
         ts = int(time.time() * 1000)
         self._buffer += [
-            Metric(k, float(v), ts, step) for k, v in metrics.items() if (k, step) not in self.sent
+            [k, float(v), ts, step] for k, v in metrics.items() if (k, step) not in self.sent
         ]
         if time.time() - self._last_flush > self.flush_s or len(self._buffer) >= 1000:
             self.flush()
 
     def flush(self) -> None:
         items, self._buffer = self._buffer, []
-        heartbeat = [self._RunTag("bench.heartbeat", str(int(time.time())))]
+        heartbeat = [["bench.heartbeat", str(int(time.time()))]]
         for s in range(0, max(len(items), 1), 1000):
-            self.client.log_batch(self.run_id, metrics=items[s : s + 1000], tags=heartbeat)
+            self.send("log_batch", metrics=items[s : s + 1000], tags=heartbeat)
         self._last_flush = time.time()
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        self.client.log_batch(self.run_id, tags=[self._RunTag(k, str(v)) for k, v in tags.items()])
+        self.send("log_batch", tags=[[k, str(v)] for k, v in tags.items()])
 
     def log_text(self, text: str, name: str) -> None:
-        self.client.log_text(self.run_id, text, name)
+        self.send("log_text", text=text, name=name)
 
     def end(self, status: str = "FINISHED") -> None:
         self.flush()
-        self.client.set_terminated(self.run_id, status=status)
+        self.send("set_terminated", status=status)
+        self.send.close()
 
 
 class RankTracker:

@@ -1,6 +1,7 @@
 """The MLflow tracking server as a real component: train against it, then report from it."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -23,9 +24,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(tmp_path):
-    port = free_port()
+def start_server(tmp_path: Path, port: int) -> subprocess.Popen:
+    """``mlflow server`` on ``port`` with its store under ``tmp_path``, answering /health."""
     mlflow = Path(sys.executable).with_name("mlflow")
     proc = subprocess.Popen(
         [
@@ -46,20 +46,28 @@ def server(tmp_path):
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
     while time.time() < deadline:
         try:
-            if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
-                break
+            if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200:
+                return proc
         except OSError:
             time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("mlflow server did not answer /health within 90 s")
-    yield url
+    proc.kill()
+    pytest.fail("mlflow server did not answer /health within 90 s")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
     os.killpg(proc.pid, 15)
     proc.wait(timeout=30)
+
+
+@pytest.fixture
+def server(tmp_path):
+    port = free_port()
+    proc = start_server(tmp_path, port)
+    yield f"http://127.0.0.1:{port}"
+    stop_server(proc)
 
 
 def test_train_and_report_through_the_server(server, tmp_path, monkeypatch):
@@ -72,3 +80,97 @@ def test_train_and_report_through_the_server(server, tmp_path, monkeypatch):
 
     files = {f.path for f in client(server).list_artifacts(final["run_id"])}
     assert {"config.yaml", "samples.jsonl"} <= files
+
+
+def _has_logged(c, key: str) -> bool:
+    exp = c.get_experiment_by_name("smoke")
+    runs = c.search_runs([exp.experiment_id]) if exp else []
+    return bool(runs) and key in runs[0].data.metrics
+
+
+CLOCK = {"perf/step_s", "perf/tokens_per_s", "perf/elapsed_s", "perf/wall_s", "perf/peak_rss_mb"}
+
+
+def test_a_server_outage_longer_than_the_retry_window_loses_nothing(tmp_path):
+    """The server's processes stopped (SIGSTOP) mid-run for longer than the client's retry
+    window (shortened to 0 retries and a 2 s timeout), then continued: the run goes on, spools,
+    replays once the server answers again, and the server's history equals that of the same run
+    logged without an outage (each step once, every value bitwise), although requests the client
+    gave up on were still served when the server continued."""
+    from bench.tracking import client
+    from tests.helpers import bench
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = start_server(tmp_path, port)
+    args = ["run", "smoke", "train.steps=160", "eval.every=1000", "eval.max_prompts=8"]
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "2"
+    try:
+        cut = bench(*args, "--tracking-uri", url, results=tmp_path / "cut", wait=False)
+        whole = bench(*args, results=tmp_path / "whole", wait=False)  # its own SQLite store
+        c = client(url)
+        deadline = time.time() + 120
+        while not _has_logged(c, "train/loss"):
+            assert time.time() < deadline and cut.poll() is None
+            time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGSTOP)
+        time.sleep(6)  # beyond the retry window: the run spools and trains on
+        os.killpg(proc.pid, signal.SIGCONT)
+        assert cut.poll() is None, "the run ended during the outage"
+        out, err = cut.communicate(timeout=300)
+        assert whole.wait(timeout=300) == 0
+        text = out + err
+        assert cut.returncode == 0, text[-2000:]
+        assert text.count("unreachable") == 1 and text.count("spooled calls sent") == 1, text
+        assert not list((tmp_path / "cut" / "spool").glob("*.jsonl"))  # nothing left behind
+        (a,) = c.search_runs([c.get_experiment_by_name("smoke").experiment_id])
+        local = client(f"sqlite:///{tmp_path / 'whole'}/mlflow.db")
+        (b,) = local.search_runs([local.get_experiment_by_name("smoke").experiment_id])
+        assert a.info.status == "FINISHED" and a.data.metrics.keys() == b.data.metrics.keys()
+        for key in a.data.metrics:
+            if key not in CLOCK:
+                ha = sorted((m.step, m.value) for m in c.get_metric_history(a.info.run_id, key))
+                hb = sorted((m.step, m.value) for m in local.get_metric_history(b.info.run_id, key))
+                assert ha == hb, key
+    finally:
+        os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+        os.environ.pop("MLFLOW_HTTP_REQUEST_TIMEOUT")
+        os.killpg(proc.pid, signal.SIGCONT)
+        stop_server(proc)
+
+
+def test_bench_sync_sends_a_spool_once_in_order_and_resumes_a_cut_replay(tmp_path):
+    """A spool as a run leaves it (header, then calls): ``bench sync`` sends the calls not sent
+    yet (``.sent`` says 2 were, before a replay was cut), in order, then removes the spool; a
+    second ``bench sync`` has nothing to do."""
+    import json
+
+    from bench.tracking import client
+    from tests.helpers import bench
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    os.environ["BENCH_RESULTS"] = str(tmp_path)
+    try:
+        c = client(uri)
+        run_id = c.create_run(c.create_experiment("spooled")).info.run_id
+    finally:
+        os.environ.pop("BENCH_RESULTS")
+    calls = [{"op": "header", "uri": uri, "run_id": run_id}]
+    calls += [{"op": "log_batch", "metrics": [["loss", float(s), 1000 + s, s]]} for s in range(5)]
+    calls += [{"op": "log_text", "text": "done\n", "name": "note.txt"}]
+    calls += [{"op": "set_terminated", "status": "FINISHED"}]
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    (spool / f"{run_id}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in calls))
+    (spool / f"{run_id}.sent").write_text("2")  # steps 0 and 1 went out before a cut replay
+    c.log_batch(run_id, metrics=[])  # (nothing of them is in the store: they were "sent")
+    done = bench("sync", results=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"run {run_id}: 5 calls sent" in done.stdout + done.stderr
+    history = sorted((m.step, m.value) for m in c.get_metric_history(run_id, "loss"))
+    assert history == [(2, 2.0), (3, 3.0), (4, 4.0)]  # the unsent ones, once each
+    assert c.get_run(run_id).info.status == "FINISHED"
+    assert not list(spool.iterdir())
+    again = bench("sync", results=tmp_path)
+    assert "nothing spooled" in again.stdout + again.stderr

@@ -506,6 +506,25 @@ def list_():
         console.print(f"  {name}: {ALGORITHMS.get(name).source}", highlight=False)
 
 
+@app.command()
+@user_errors
+def sync():
+    """Send what runs spooled while their tracking server was away (results/spool/)."""
+    from bench.core.errors import RunFailed
+    from bench.spool import sync_all
+
+    done = sync_all()
+    if not done:
+        console.print("nothing spooled: every run's calls reached its tracking server")
+        return
+    for run_id, n, err in done:
+        line = f"run {run_id}: {n} calls sent" if err is None else f"run {run_id}: not sent ({err})"
+        console.print(escape(line), highlight=False)
+    failed = [r for r, _, err in done if err]
+    if failed:
+        raise RunFailed(f"{len(failed)} spooled run(s) could not be sent; run bench sync again")
+
+
 def main() -> None:
     boundary.main(app)
 
