@@ -362,7 +362,6 @@ def train(
                 progress.update(job, advance=1, info=f"reward {reward:.3f}")
         if cfg.train.save_checkpoint:
             save_final_checkpoint(run)
-        checkpoint.clear(run)
         status = "FINISHED"
     except KeyboardInterrupt as e:
         status = ended(run, "KILLED", e)
@@ -372,4 +371,5 @@ def train(
         raise
     finally:
         finish(run, status)
+    checkpoint.clear(run)  # once FINISHED: a kill before this leaves garbage, not a lost run
     return run.final | {"run_id": run.tracker.run_id}

@@ -18,6 +18,9 @@ def _results_dir(tmp_path_factory):
     """All generated output (MLflow store, model cache, reports) in one temporary folder."""
     path = tmp_path_factory.mktemp("results")
     os.environ["BENCH_RESULTS"] = str(path)
+    # one cache of warm-started models for every test, also those with results folders of
+    # their own (subprocesses inherit it): each model is built once per session
+    os.environ["BENCH_CACHE"] = str(path / "cache")
     os.environ.setdefault("HF_HOME", str(path / "hf"))
     yield path
 

@@ -84,3 +84,19 @@ def bench(*args, results, wait=True, timeout=300):
     if wait:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+# wall-clock metrics differ between any two runs; every other metric of a deterministic run
+# is compared exactly
+CLOCK = frozenset(
+    {"perf/step_s", "perf/tokens_per_s", "perf/elapsed_s", "perf/wall_s", "perf/peak_rss_mb"}
+)
+
+
+def histories(client, run) -> dict[str, list[tuple[int, float]]]:
+    """Every non-clock metric of an MLflow run: its (step, value) history, sorted."""
+    return {
+        key: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+        for key in run.data.metrics
+        if key not in CLOCK
+    }

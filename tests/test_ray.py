@@ -14,11 +14,9 @@ from pathlib import Path
 import pytest
 
 from bench.tracking import client
-from tests.helpers import bench
+from tests.helpers import CLOCK, bench
 
 pytest.importorskip("ray")
-
-CLOCK = {"perf/step_s", "perf/tokens_per_s", "perf/elapsed_s", "perf/wall_s", "perf/peak_rss_mb"}
 
 
 def _free_port() -> int:

@@ -16,13 +16,11 @@ import pytest
 from safetensors.torch import load_file
 
 from bench.tracking import client
-from tests.helpers import bench
+from tests.helpers import bench, histories
 
-# wall-clock metrics differ between any two runs; every other metric must be equal bitwise
-CLOCK = {"perf/step_s", "perf/tokens_per_s", "perf/elapsed_s", "perf/wall_s", "perf/peak_rss_mb"}
 BASE = [
     "smoke",
-    "train.steps=8",
+    "train.steps=10",
     "train.checkpoint_every=2",
     "train.save_checkpoint=true",
     "model.num_layers=2",
@@ -44,24 +42,23 @@ def _runs(results: Path) -> dict:
 
 
 def _history(results: Path, run) -> dict[str, list[tuple[int, float]]]:
-    c = client(f"sqlite:///{results}/mlflow.db")
-    return {
-        key: sorted((m.step, m.value) for m in c.get_metric_history(run.info.run_id, key))
-        for key in run.data.metrics
-        if key not in CLOCK
-    }
+    return histories(client(f"sqlite:///{results}/mlflow.db"), run)
 
 
 def _weights(results: Path, run) -> dict:
     return load_file(results / "checkpoints" / run.info.run_id / "model.safetensors")
 
 
-def _wait_for_checkpoint(results: Path, proc, timeout: float = 120) -> None:
+def _wait_for_checkpoint(results: Path, proc, step: int = 0, timeout: float = 120) -> None:
+    """Until the run's latest checkpoint is past ``step`` (any checkpoint: 0)."""
     start = time.time()
-    while not list((results / "checkpoints").glob("*/latest")):
+    while True:
+        pointers = list((results / "checkpoints").glob("*/latest"))
+        if pointers and int(pointers[0].read_text().strip().removeprefix("step-")) > step:
+            return
         assert proc.poll() is None, proc.stderr.read()[-2000:]
         assert time.time() - start < timeout
-        time.sleep(0.05)
+        time.sleep(0.02)
 
 
 def _assert_same_run(results: Path, whole: str, resumed: str) -> None:
@@ -84,8 +81,11 @@ def test_a_run_killed_at_a_random_step_and_resumed_is_the_uninterrupted_run(tmp_
     whole = bench("run", *args, "run_name=whole", results=tmp_path)
     assert whole.returncode == 0, whole.stderr[-2000:]
     proc = bench("run", *args, "run_name=cut", results=tmp_path, wait=False)
-    _wait_for_checkpoint(tmp_path, proc)
-    time.sleep(random.Random(case).uniform(0, 1.5))  # somewhere after the first checkpoint
+    rng = random.Random(case)
+    # a random step: after the checkpoint of step 2 or 4 (of 10), and a random moment within
+    # the next step or two
+    _wait_for_checkpoint(tmp_path, proc, step=rng.choice([1, 3]))
+    time.sleep(rng.uniform(0, 0.3))
     assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()

@@ -160,7 +160,9 @@ def verdicts(frames: dict[str, pd.DataFrame]) -> list:
     ]
 
 
-def run_claims(*, seeds: int, workers: int, scale: str, dry_run: bool, tracking_uri) -> bool:
+def run_claims(
+    *, seeds: int, workers: int, scale: str, dry_run: bool, tracking_uri, executor=None
+) -> bool:
     """Plan (and unless ``dry_run`` run) the experiments, then write the report. False if a run
     failed."""
     import time
@@ -186,7 +188,11 @@ def run_claims(*, seeds: int, workers: int, scale: str, dry_run: bool, tracking_
         return True
     start = time.time()
     outcomes = run_all(
-        [runs[h][0] for h in todo], workers, tracking_uri, [runs[h][1] for h in todo]
+        [runs[h][0] for h in todo],
+        workers,
+        tracking_uri,
+        [runs[h][1] for h in todo],
+        executor=executor,
     )
     found = verdicts(finals(exps, tracking_uri))
     provenance = (

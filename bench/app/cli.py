@@ -297,6 +297,9 @@ def theory(
     ] = "policy,reference,uniform,mixture",
     seeds: Annotated[int, typer.Option(min=1, help="seeds 0..N-1 per algorithm and source")] = 2,
     workers: Annotated[int, typer.Option(min=1, help="parallel runs (local processes)")] = 2,
+    executor: ExecutorName = "local",
+    ray_address: RayAddress = None,
+    max_retries: MaxRetries = 2,
     tracking_uri: TrackingUri = None,
 ):
     """Each algorithm's fixed point on the bandit under each sampling source: bench theory."""
@@ -311,7 +314,8 @@ def theory(
     ]  # validates each
     cfg = cfgs[0]
     runs = theory_plan(cfg, cfg.compare.algorithms, names, seeds, threads=1 if workers > 1 else 0)
-    outcomes = run_all(runs, workers, tracking_uri)
+    where = _executor(executor, workers, 1, ray_address, max_retries, tracking_uri)
+    outcomes = run_all(runs, workers, tracking_uri, executor=where)
     result = build_theory_report(cfg.tracking.experiment, tracking_uri)
     print_frame(tv_means(result["tv"]), "final TV(pi, pi*), mean over seeds, by sampling source")
     console.print(f"report: {result['report']}")
@@ -336,6 +340,9 @@ def claims(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="list the experiments, runs to do and the time")
     ] = False,
+    executor: ExecutorName = "local",
+    ray_address: RayAddress = None,
+    max_retries: MaxRetries = 2,
     tracking_uri: TrackingUri = None,
 ):
     """Each claim of the GVPO paper as one experiment, then a report with a verdict per claim."""
@@ -343,8 +350,14 @@ def claims(
 
     if scale not in ("full", "smoke"):
         raise BenchError(f"--scale: unknown scale '{scale}' (choose from: full, smoke)")
+    where = _executor(executor, workers, 1, ray_address, max_retries, tracking_uri)
     if not run_claims(
-        seeds=seeds, workers=workers, scale=scale, dry_run=dry_run, tracking_uri=tracking_uri
+        seeds=seeds,
+        workers=workers,
+        scale=scale,
+        dry_run=dry_run,
+        tracking_uri=tracking_uri,
+        executor=where,
     ):
         raise typer.Exit(1)
 

@@ -1,6 +1,7 @@
 """Where generated output goes: results/ under the working directory (git-ignored).
 
-Set BENCH_RESULTS to put it elsewhere.
+Set BENCH_RESULTS to put it elsewhere; BENCH_CACHE moves the cache of warm-started models and
+reward models (default results/cache), e.g. to share it between results folders.
 """
 
 from __future__ import annotations
@@ -14,4 +15,5 @@ def results_dir() -> Path:
 
 
 def cache_dir() -> Path:
-    return results_dir() / "cache"
+    cache = os.environ.get("BENCH_CACHE")
+    return Path(cache).resolve() if cache else results_dir() / "cache"
