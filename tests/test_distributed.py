@@ -229,3 +229,26 @@ def test_a_sharded_run_whose_rank_is_killed_resumes_exactly_from_its_sharded_che
     }
     assert runs["cut"].info.status == "FINISHED"
     assert histories(c, runs["cut"]) == histories(c, runs["whole"])
+
+
+def test_a_sweep_launches_each_run_on_nproc_processes(tmp_path):
+    """``bench sweep --nproc 2``: each point is one MLflow run of 2 processes, with its sweep
+    tags (passed to the ranks with ``--tag``)."""
+    done = bench(
+        "sweep",
+        "smoke",
+        "--grid",
+        "seed=0",
+        "train.sharding=ddp",
+        "train.steps=2",
+        "--nproc",
+        "2",
+        "--workers",
+        "1",
+        results=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    c = client(f"sqlite:///{tmp_path}/mlflow.db")
+    (run,) = c.search_runs([c.get_experiment_by_name("smoke").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["world_size"] == "2"
+    assert run.data.tags["sweep.point"] == "seed=0" and run.data.tags["sweep.id"]
