@@ -52,7 +52,8 @@ def _finals(results: Path) -> dict[str, dict]:
 
 
 def test_a_sweep_on_ray_logs_what_the_local_executor_logs(tmp_path, cluster):
-    grid = ["--grid", "algorithm=gvpo,grpo", "--grid", "seed=0,1", "eval.max_prompts=8"]
+    grid = ["--grid", "algorithm=gvpo,grpo", "--grid", "seed=0,1", "train.steps=2"]
+    grid += ["eval.max_prompts=8", "eval.k=0"]
     local = bench("sweep", "smoke", *grid, results=tmp_path / "local")
     assert local.returncode == 0, local.stderr[-2000:]
     on_ray = bench(

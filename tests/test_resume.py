@@ -24,7 +24,7 @@ BASE = [
     "train.checkpoint_every=2",
     "train.save_checkpoint=true",
     "model.num_layers=2",
-    "eval.every=3",
+    "eval.every=5",
     "eval.max_prompts=8",
     "tracking.experiment=resume",
 ]

@@ -75,6 +75,7 @@ class LocalExecutor:
             return
         ctx = mp.get_context("spawn")
         pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker)
+        stopped = False
         try:
             futures = {pool.submit(_call, fn, args): i for i, args in enumerate(jobs)}
             for fut in as_completed(futures):
@@ -83,12 +84,25 @@ class LocalExecutor:
         except KeyboardInterrupt:  # Ctrl-C: queued runs never start, running ones end KILLED
             for fut in futures:
                 fut.cancel()
-            for pid in list(getattr(pool, "_processes", {}) or {}):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
+            _stop(list((getattr(pool, "_processes", {}) or {}).values()))
+            stopped = True
             raise
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown(wait=not stopped, cancel_futures=True)
+
+
+def _stop(processes, grace_s: float = 15.0) -> None:
+    """SIGTERM the workers (their runs end KILLED), SIGKILL any still there after ``grace_s``
+    (its run is then marked KILLED by the next command that opens the store)."""
+    for proc in processes:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGTERM)
+    deadline = time.time() + grace_s
+    for proc in processes:
+        proc.join(max(0.0, deadline - time.time()))
+        if proc.is_alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
 
 
 # what the runs on Ray workers need to see as the driver does
