@@ -157,23 +157,6 @@ def test_a_rank_that_raises_stops_the_run_failed_with_its_reason(tmp_path):
     assert run.data.params["world_size"] == "2"
 
 
-def test_bench_run_nproc_is_one_mlflow_run_of_the_same_config(tmp_path):
-    """``bench run --nproc 2``: one FINISHED run with world_size=2, whose config hash is the
-    one-process run's (sharding does not change what a run computes)."""
-    done = bench(
-        "run", "smoke", "train.sharding=fsdp", "train.steps=2", "--nproc", "2", results=tmp_path
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "2 processes finished" in done.stdout + done.stderr
-    c = client(f"sqlite:///{tmp_path}/mlflow.db")
-    runs = c.search_runs([c.get_experiment_by_name("smoke").experiment_id])
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    assert runs[0].data.params["world_size"] == "2"
-    from bench.config import config_hash, load_config
-
-    assert runs[0].data.tags["bench.config"] == config_hash(load_config("smoke", ["train.steps=2"]))
-
-
 def test_nproc_without_a_sharding_is_one_line(tmp_path):
     done = bench("run", "smoke", "--nproc", "2", results=tmp_path)
     assert done.returncode == 2
@@ -236,8 +219,9 @@ def test_a_sharded_run_whose_rank_is_killed_resumes_exactly_from_its_sharded_che
 
 
 def test_a_sweep_launches_each_run_on_nproc_processes(tmp_path):
-    """``bench sweep --nproc 2``: each point is one MLflow run of 2 processes, with its sweep
-    tags (passed to the ranks with ``--tag``)."""
+    """``bench sweep --nproc 2``: each point is one MLflow run of 2 processes (`bench run
+    --nproc` underneath), with its sweep tags (passed to the ranks with ``--tag``) and the
+    one-process config's hash (sharding does not change what a run computes)."""
     done = bench(
         "sweep",
         "smoke",
@@ -256,3 +240,6 @@ def test_a_sweep_launches_each_run_on_nproc_processes(tmp_path):
     (run,) = c.search_runs([c.get_experiment_by_name("smoke").experiment_id])
     assert run.info.status == "FINISHED" and run.data.params["world_size"] == "2"
     assert run.data.tags["sweep.point"] == "seed=0" and run.data.tags["sweep.id"]
+    from bench.config import config_hash, load_config
+
+    assert run.data.tags["bench.config"] == config_hash(load_config("smoke", ["train.steps=2"]))

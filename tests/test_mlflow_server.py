@@ -100,7 +100,7 @@ def test_a_server_outage_longer_than_the_retry_window_loses_nothing(tmp_path):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = start_server(tmp_path, port)
-    args = ["run", "smoke", "train.steps=160", "eval.every=1000", "eval.max_prompts=8"]
+    args = ["run", "smoke", "train.steps=110", "eval.every=1000", "eval.max_prompts=8"]
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "2"
     try:
@@ -112,7 +112,7 @@ def test_a_server_outage_longer_than_the_retry_window_loses_nothing(tmp_path):
             assert time.time() < deadline and cut.poll() is None
             time.sleep(0.5)
         os.killpg(proc.pid, signal.SIGSTOP)
-        time.sleep(6)  # beyond the retry window: the run spools and trains on
+        time.sleep(5)  # beyond the retry window: the run spools and trains on
         os.killpg(proc.pid, signal.SIGCONT)
         assert cut.poll() is None, "the run ended during the outage"
         out, err = cut.communicate(timeout=300)

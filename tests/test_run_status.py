@@ -26,7 +26,7 @@ def statuses(results) -> dict[str, str]:
     return {r.info.run_name + "/" + r.info.run_id[:6]: r.info.status for r in c.search_runs(exps)}
 
 
-@pytest.mark.parametrize("repeat", range(2))
+@pytest.mark.parametrize("repeat", range(1))
 def test_four_runs_started_together_on_a_fresh_folder_all_finish(repeat, tmp_path):
     procs = [
         bench("run", "smoke", f"seed={s}", *QUICK, results=tmp_path, wait=False) for s in range(4)

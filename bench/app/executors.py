@@ -91,7 +91,7 @@ class LocalExecutor:
             pool.shutdown(wait=not stopped, cancel_futures=True)
 
 
-def _stop(processes, grace_s: float = 15.0) -> None:
+def _stop(processes, grace_s: float = 5.0) -> None:
     """SIGTERM the workers (their runs end KILLED), SIGKILL any still there after ``grace_s``
     (its run is then marked KILLED by the next command that opens the store)."""
     for proc in processes:
