@@ -52,8 +52,8 @@ def _finals(results: Path) -> dict[str, dict]:
 
 
 def test_a_sweep_on_ray_logs_what_the_local_executor_logs(tmp_path, cluster):
-    grid = ["--grid", "algorithm=gvpo,grpo", "--grid", "seed=0,1", "train.steps=2"]
-    grid += ["eval.max_prompts=8", "eval.k=0"]
+    grid = ["--grid", "algorithm=gvpo,grpo", "--grid", "seed=0,1", "train.steps=1"]
+    grid += ["eval.max_prompts=4", "eval.k=0"]
     local = bench("sweep", "smoke", *grid, results=tmp_path / "local")
     assert local.returncode == 0, local.stderr[-2000:]
     on_ray = bench(
@@ -77,7 +77,7 @@ def test_a_killed_ray_task_is_retried_and_resumes_from_its_checkpoint(tmp_path, 
         "smoke",
         "--grid",
         "seed=0",
-        "train.steps=10",
+        "train.steps=8",
         "train.checkpoint_every=2",
         "eval.max_prompts=8",
         "--executor",
@@ -100,7 +100,7 @@ def test_a_killed_ray_task_is_retried_and_resumes_from_its_checkpoint(tmp_path, 
     assert run.info.status == "FINISHED"
     assert int(run.data.tags["bench.resumed_from_step"]) >= 2
     steps = sorted(m.step for m in c.get_metric_history(run.info.run_id, "train/loss"))
-    assert steps == list(range(1, 11))
+    assert steps == list(range(1, 9))
 
 
 def test_a_remote_cluster_with_a_sqlite_store_is_one_line(tmp_path):

@@ -20,11 +20,11 @@ from tests.helpers import bench, histories
 
 BASE = [
     "smoke",
-    "train.steps=10",
+    "train.steps=8",
     "train.checkpoint_every=2",
     "train.save_checkpoint=true",
     "model.num_layers=2",
-    "eval.every=5",
+    "eval.every=4",
     "eval.max_prompts=8",
     "tracking.experiment=resume",
 ]
@@ -82,7 +82,7 @@ def test_a_run_killed_at_a_random_step_and_resumed_is_the_uninterrupted_run(tmp_
     assert whole.returncode == 0, whole.stderr[-2000:]
     proc = bench("run", *args, "run_name=cut", results=tmp_path, wait=False)
     rng = random.Random(case)
-    # a random step: after the checkpoint of step 2 or 4 (of 10), and a random moment within
+    # a random step: after the checkpoint of step 2 or 4 (of 8), and a random moment within
     # the next step or two
     _wait_for_checkpoint(tmp_path, proc, step=rng.choice([1, 3]))
     time.sleep(rng.uniform(0, 0.3))
