@@ -141,9 +141,14 @@ def splitmix64(x: Tensor) -> Tensor:
 def keyed_uniform(keys: Tensor, t: int, n: int) -> Tensor:
     """Uniforms in (0, 1), float64 [len(keys), n]: a hash of (key, t, column)."""
     row = splitmix64(keys.long() * _int64(_GOLDEN) + t)
-    cols = torch.arange(n, dtype=torch.long) * _int64(_GOLDEN)
-    x = splitmix64(row[:, None] ^ splitmix64(cols)[None, :])
+    x = splitmix64(row[:, None] ^ _column_hash(n)[None, :])
     return (_shr(x, 11).double() + 0.5) / float(1 << 53)
+
+
+@functools.lru_cache(maxsize=4)
+def _column_hash(n: int) -> Tensor:
+    """splitmix64 of each vocabulary index: the same for every token drawn (computed once)."""
+    return splitmix64(torch.arange(n, dtype=torch.long) * _int64(_GOLDEN))
 
 
 def prompt_keys(n: int, first: int = 0) -> Tensor:
