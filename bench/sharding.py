@@ -67,12 +67,7 @@ def head_values(value_head, hidden: torch.Tensor | None) -> torch.Tensor | None:
     policy's one-hot states are float32)."""
     if value_head is None:
         return None
-    return value_head(hidden.to(_dtype(value_head))).squeeze(-1).float()
-
-
-def _dtype(module: nn.Module) -> torch.dtype:
-    weight = module.weight
-    return weight.dtype
+    return value_head(hidden.to(value_head.weight.dtype)).squeeze(-1).float()
 
 
 def shard(model: PolicyForward, sharding: str, bf16: bool, world: World) -> nn.Module:
