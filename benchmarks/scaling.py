@@ -27,11 +27,14 @@ COLLECTIVES = ("c10d::", "FSDP::all_gather (", "FSDP::post_backward_reduce", "gl
 
 
 def comm_seconds(prof) -> float:
-    return sum(
-        e.self_cpu_time_total
-        for e in prof.key_averages()
-        if any(e.key.startswith(c) for c in COLLECTIVES)
-    ) / 1e6
+    return (
+        sum(
+            e.self_cpu_time_total
+            for e in prof.key_averages()
+            if any(e.key.startswith(c) for c in COLLECTIVES)
+        )
+        / 1e6
+    )
 
 
 def worker(steps: int, sharding: str, out: Path) -> None:
@@ -80,7 +83,15 @@ def launch(layout: str, sharding: str, steps: int, out: Path) -> dict:
         cmd = [sys.executable, *me]
         env |= {"OMP_NUM_THREADS": "2"}
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *me]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            *me,
+        ]
         env |= {"OMP_NUM_THREADS": "1"}
     subprocess.run(cmd, env=env, check=True, capture_output=True)
     return json.loads((out / f"{sharding}.json").read_text())

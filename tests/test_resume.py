@@ -4,6 +4,7 @@ with exactly its weights, and MLflow's history has each step once."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import signal
@@ -61,6 +62,14 @@ def _wait_for_checkpoint(results: Path, proc, step: int = 0, timeout: float = 12
         time.sleep(0.02)
 
 
+def _seconds_per_step(results: Path, run) -> float:
+    """The median wall time between two logged steps of a finished run."""
+    c = client(f"sqlite:///{results}/mlflow.db")
+    times = sorted(m.timestamp for m in c.get_metric_history(run.info.run_id, "train/loss"))
+    gaps = sorted(b - a for a, b in itertools.pairwise(times))
+    return gaps[len(gaps) // 2] / 1000
+
+
 def _assert_same_run(results: Path, whole: str, resumed: str) -> None:
     runs = _runs(results)
     a, b = runs[whole], runs[resumed]
@@ -80,12 +89,13 @@ def test_a_run_killed_at_a_random_step_and_resumed_is_the_uninterrupted_run(tmp_
     args = [*BASE, *CASES[case]]
     whole = bench("run", *args, "run_name=whole", results=tmp_path)
     assert whole.returncode == 0, whole.stderr[-2000:]
+    step_time = _seconds_per_step(tmp_path, _runs(tmp_path)["whole"])
     proc = bench("run", *args, "run_name=cut", results=tmp_path, wait=False)
     rng = random.Random(case)
-    # a random step: after the checkpoint of step 2 or 4 (of 8), and a random moment within
-    # the next step or two
+    # a random step: after the checkpoint of step 2 or 4 (of 8), and a random moment within the
+    # next step (a fixed delay could outlast the run's last steps on a fast machine)
     _wait_for_checkpoint(tmp_path, proc, step=rng.choice([1, 3]))
-    time.sleep(rng.uniform(0, 0.3))
+    time.sleep(rng.uniform(0, step_time))
     assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
