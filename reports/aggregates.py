@@ -41,6 +41,13 @@ from rliable import metrics  # noqa: E402
 REPS = 2000  # bootstrap replications: stable to the 3rd decimal for these sizes
 
 
+def reps_for(scores: dict[str, np.ndarray]) -> int:
+    """REPS, or 1 when every algorithm has one run per task: a stratified bootstrap then
+    redraws the same runs every time, so one replication gives its interval (the point) exactly
+    and 2000 would only cost time."""
+    return REPS if any(m.shape[0] > 1 for m in scores.values()) else 1
+
+
 @contextlib.contextmanager
 def numpy_seed(seed: int):
     """rliable's stratified bootstrap draws from numpy's global generator (its random_state
@@ -70,7 +77,7 @@ def aggregate_table(scores: dict[str, np.ndarray], seed: int = 0) -> pd.DataFram
         return np.array([metrics.aggregate_iqm(x), metrics.aggregate_mean(x)])
 
     with numpy_seed(seed):
-        point, interval = rly.get_interval_estimates(scores, both, reps=REPS)
+        point, interval = rly.get_interval_estimates(scores, both, reps=reps_for(scores))
     rows = []
     for algo in scores:
         (iqm, mean), ci = point[algo], interval[algo]
@@ -94,7 +101,7 @@ def improvement_table(scores: dict[str, np.ndarray], seed: int = 0) -> pd.DataFr
     pairs = {f"{x},{y}": (scores[x], scores[y]) for x in scores for y in scores if x != y}
     with numpy_seed(seed):
         point, interval = rly.get_interval_estimates(
-            pairs, metrics.probability_of_improvement, reps=REPS
+            pairs, metrics.probability_of_improvement, reps=reps_for(scores)
         )
     rows = []
     for key in pairs:
@@ -116,7 +123,7 @@ def profiles_figure(scores: dict[str, np.ndarray], title: str, aggregates: pd.Da
     lo = min(s.min() for s in scores.values())
     hi = max(s.max() for s in scores.values())
     taus = np.linspace(lo, hi, 101)
-    profiles, cis = rly.create_performance_profile(scores, taus)
+    profiles, cis = rly.create_performance_profile(scores, taus, reps=reps_for(scores))
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=120)
     for algo, prof in profiles.items():
         (line,) = left.plot(taus, prof, label=algo)

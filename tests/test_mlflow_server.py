@@ -58,8 +58,9 @@ def start_server(tmp_path: Path, port: int) -> subprocess.Popen:
 
 
 def stop_server(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, 15)
-    proc.wait(timeout=30)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
 
 
 @pytest.fixture
@@ -89,11 +90,11 @@ def _has_logged(c, key: str) -> bool:
 
 
 def test_a_server_outage_longer_than_the_retry_window_loses_nothing(tmp_path):
-    """The server's processes stopped (SIGSTOP) mid-run for longer than the client's retry
-    window (shortened to 0 retries and a 2 s timeout), then continued: the run goes on, spools,
-    replays once the server answers again, and the server's history equals that of the same run
-    logged without an outage (each step once, every value bitwise), although requests the client
-    gave up on were still served when the server continued."""
+    """The server killed mid-run and restarted on the same store, an outage far longer than
+    the client's retry window (shortened to 0 retries and a 2 s timeout): the run goes on,
+    spools, replays once the server answers again, and the server's history equals that of the
+    same run logged without an outage, each step once, every value bitwise. Should the run end
+    before the new server answers (a fast machine), ``bench sync`` sends what it spooled."""
     from bench.tracking import client
     from tests.helpers import bench, histories
 
@@ -111,15 +112,18 @@ def test_a_server_outage_longer_than_the_retry_window_loses_nothing(tmp_path):
         while not _has_logged(c, "train/loss"):
             assert time.time() < deadline and cut.poll() is None
             time.sleep(0.5)
-        os.killpg(proc.pid, signal.SIGSTOP)
-        time.sleep(5)  # beyond the retry window: the run spools and trains on
-        os.killpg(proc.pid, signal.SIGCONT)
-        assert cut.poll() is None, "the run ended during the outage"
+        os.killpg(proc.pid, signal.SIGKILL)  # the outage: as long as a restart takes (~15 s)
+        proc.wait()
+        proc = start_server(tmp_path, port)
         out, err = cut.communicate(timeout=300)
         assert whole.wait(timeout=300) == 0
         text = out + err
         assert cut.returncode == 0, text[-2000:]
-        assert text.count("unreachable") == 1 and text.count("spooled calls sent") == 1, text
+        assert text.count("unreachable") == 1, text
+        if "spooled calls sent" not in text:  # the run ended during the outage
+            assert "`bench sync` sends them" in text, text
+            synced = bench("sync", results=tmp_path / "cut")
+            assert synced.returncode == 0, synced.stderr[-2000:]
         assert not list((tmp_path / "cut" / "spool").glob("*.jsonl"))  # nothing left behind
         (a,) = c.search_runs([c.get_experiment_by_name("smoke").experiment_id])
         local = client(f"sqlite:///{tmp_path / 'whole'}/mlflow.db")
@@ -129,14 +133,14 @@ def test_a_server_outage_longer_than_the_retry_window_loses_nothing(tmp_path):
     finally:
         os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
         os.environ.pop("MLFLOW_HTTP_REQUEST_TIMEOUT")
-        os.killpg(proc.pid, signal.SIGCONT)
         stop_server(proc)
 
 
 def test_bench_sync_sends_a_spool_once_in_order_and_resumes_a_cut_replay(tmp_path):
     """A spool as a run leaves it (header, then calls): ``bench sync`` sends the calls not sent
     yet (``.sent`` says 2 were, before a replay was cut), in order, then removes the spool; a
-    second ``bench sync`` has nothing to do."""
+    call the server stored although the client gave up on it is not stored twice (the store
+    ignores an exact duplicate); a second ``bench sync`` has nothing to do."""
     import json
 
     from bench.tracking import client
@@ -157,7 +161,10 @@ def test_bench_sync_sends_a_spool_once_in_order_and_resumes_a_cut_replay(tmp_pat
     spool.mkdir()
     (spool / f"{run_id}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in calls))
     (spool / f"{run_id}.sent").write_text("2")  # steps 0 and 1 went out before a cut replay
-    c.log_batch(run_id, metrics=[])  # (nothing of them is in the store: they were "sent")
+    from mlflow.entities import Metric
+
+    # step 2 went out too, but its answer was lost: the client gave up, the server stored it
+    c.log_batch(run_id, metrics=[Metric("loss", 2.0, 1002, 2)])
     done = bench("sync", results=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"run {run_id}: 5 calls sent" in done.stdout + done.stderr

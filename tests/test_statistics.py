@@ -14,6 +14,7 @@ from reports.aggregates import (
     aggregate_table,
     improvement_table,
     metrics,
+    reps_for,
     rly,
     score_matrices,
 )
@@ -131,3 +132,25 @@ def test_rliable_tables_match_rliable_called_directly():
     assert poi.loc[("x", "y"), "P(X > Y)"] == pytest.approx(
         metrics.probability_of_improvement(scores["x"], scores["y"])
     )
+
+
+def test_one_run_per_task_gives_rliables_intervals_with_one_replication():
+    """A stratified bootstrap of one run per task redraws that run: 1 replication gives exactly
+    the tables of rliable's 2000 (the point, as both ends)."""
+    scores = {"x": np.array([[0.7, 0.2]]), "y": np.array([[0.4, 0.2]]), "z": np.array([[0.1, 0.9]])}
+    assert reps_for(scores) == 1 and reps_for({**scores, "w": np.zeros((2, 2))}) == REPS
+    table = aggregate_table(scores, seed=0).set_index("algorithm")
+    np.random.seed(0)
+    point, interval = rly.get_interval_estimates(
+        scores,
+        lambda s: np.array([metrics.aggregate_iqm(s), metrics.aggregate_mean(s)]),
+        reps=REPS,
+    )
+    for algo in scores:
+        assert table.loc[algo, ["IQM low", "IQM high"]].tolist() == [point[algo][0]] * 2
+        assert interval[algo][:, 0].tolist() == [point[algo][0]] * 2
+        assert table.loc[algo, ["mean low", "mean high"]].tolist() == interval[algo][:, 1].tolist()
+    poi = improvement_table(scores, seed=0).set_index(["X", "Y"])
+    for (x, y), row in poi.iterrows():
+        p = metrics.probability_of_improvement(scores[x], scores[y])
+        assert row["P(X > Y)"] == row["low"] == row["high"] == p
