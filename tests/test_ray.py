@@ -71,6 +71,30 @@ def test_a_sweep_on_ray_logs_what_the_local_executor_logs(tmp_path, cluster):
     assert len(a) == 4 and a == b  # the same final metrics, bitwise
 
 
+def test_sharded_runs_on_ray_take_a_node_each_and_log_what_one_process_logs(tmp_path, cluster):
+    """--nproc 2 through Ray: each run's placement group holds the cluster's 2 CPUs, so the two
+    runs go one after the other; each is launched on 2 processes (world_size 2) and logs the
+    metrics of the same run on one process (world-size invariance, to float rounding)."""
+    grid = ["--grid", "seed=0,1", "train.steps=2", "eval.max_prompts=4", "eval.k=0"]
+    grid += ["model.num_layers=2", "train.sharding=ddp"]
+    one = bench("sweep", "smoke", *grid, results=tmp_path / "one")
+    assert one.returncode == 0, one.stderr[-2000:]
+    ray_args = ["--nproc", "2", "--executor", "ray", "--ray-address", cluster]
+    two = bench("sweep", "smoke", *grid, *ray_args, results=tmp_path / "two")
+    assert two.returncode == 0, two.stderr[-2000:]
+    c = client(f"sqlite:///{tmp_path / 'two'}/mlflow.db")
+    runs = c.search_runs([c.get_experiment_by_name("smoke").experiment_id])
+    assert len(runs) == 2 and {r.data.params["world_size"] for r in runs} == {"2"}
+    first, second = sorted(runs, key=lambda r: r.info.start_time)
+    assert second.info.start_time >= first.info.end_time  # no two at once on 2 CPUs
+    a, b = _finals(tmp_path / "one"), _finals(tmp_path / "two")
+    assert a.keys() == b.keys() and len(a) == 2
+    for point in a:
+        assert a[point].keys() == b[point].keys()
+        for key, value in a[point].items():
+            assert b[point][key] == pytest.approx(value, rel=1e-5, abs=1e-6), (point, key)
+
+
 def test_a_killed_ray_task_is_retried_and_resumes_from_its_checkpoint(tmp_path, cluster):
     args = [
         "sweep",

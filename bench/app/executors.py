@@ -126,11 +126,13 @@ def _ray_call(fn: Callable, args: tuple) -> Any:
 
 class RayExecutor:
     """Each run a Ray task on a cluster (``address``: an existing one; None: a local one started
-    here). A run of ``nproc`` processes gets a STRICT_PACK placement group of ``nproc`` bundles
-    (one node; a GPU each when the cluster has GPUs) and is launched there by torchrun. A task
-    whose worker dies (a node lost, a preempted or killed process) is retried ``max_retries``
-    times, and the retry resumes the run from its last checkpoint (``bench.app.resume``); a run
-    that raises is reported, not retried."""
+    here). A run of ``nproc`` processes gets a placement group of its own, one STRICT_PACK
+    bundle of ``nproc`` CPUs (and ``nproc`` GPUs when the cluster has GPUs) on one node; its task
+    takes the whole bundle, so Ray sets ``CUDA_VISIBLE_DEVICES`` to those GPUs, and launches the
+    run there with torchrun's engine; the group is removed when the run ends. A task whose
+    worker dies (a node lost, a preempted or killed process) is retried ``max_retries`` times,
+    and the retry resumes the run from its last checkpoint (``bench.app.resume``); a run that
+    raises is reported, not retried."""
 
     def __init__(self, address: str | None, max_retries: int = 2, cpus: float = 1, nproc: int = 1):
         self.address, self.max_retries, self.cpus, self.nproc = address, max_retries, cpus, nproc
@@ -154,33 +156,47 @@ class RayExecutor:
                 )
         return ray
 
-    def _options(self, ray) -> dict:
-        options = {
-            "num_cpus": self.cpus,
-            "max_retries": self.max_retries,
-            "retry_exceptions": False,
-        }
+    def _resources(self, ray) -> dict:
+        gpus = self.nproc if self.nproc > 1 and ray.cluster_resources().get("GPU", 0) else 0
+        return {"num_cpus": self.cpus * self.nproc, "num_gpus": gpus}
+
+    def _group(self, ray, resources: dict):
+        """A run's own placement group (one node), or None for a one-process run."""
         if self.nproc <= 1:
-            return options
+            return None
         from ray.util.placement_group import placement_group
+
+        bundle = {"CPU": resources["num_cpus"]} | (
+            {"GPU": resources["num_gpus"]} if resources["num_gpus"] else {}
+        )
+        return placement_group([bundle], strategy="STRICT_PACK")
+
+    def _submit(self, ray, fn, args):
+        """(task ref, its placement group or None)."""
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        gpu = {"GPU": 1} if ray.cluster_resources().get("GPU", 0) else {}
-        group = placement_group([{"CPU": self.cpus, **gpu}] * self.nproc, strategy="STRICT_PACK")
-        ray.get(group.ready())
-        # the task (the launcher) and its torchrun processes share the group's resources
-        strategy = PlacementGroupSchedulingStrategy(group, placement_group_capture_child_tasks=True)
-        return options | {"num_cpus": 0, "scheduling_strategy": strategy}
+        resources = self._resources(ray)
+        options = resources | {"max_retries": self.max_retries, "retry_exceptions": False}
+        group = self._group(ray, resources)
+        if group is not None:  # Ray queues the task until its group's bundle is reserved
+            options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(group, 0)
+        return ray.remote(_ray_call).options(**options).remote(fn, args), group
 
     def map(self, fn, jobs):
+        from ray.util.placement_group import remove_placement_group
+
         ray = self._connect()
-        task = ray.remote(_ray_call).options(**self._options(ray))
-        pending = {task.remote(fn, args): i for i, args in enumerate(jobs)}
+        pending, groups = {}, {}
+        for i, args in enumerate(jobs):
+            ref, groups[i] = self._submit(ray, fn, args)
+            pending[ref] = i
         try:
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
                 for ref in done:
                     i = pending.pop(ref)
+                    if groups[i] is not None:
+                        remove_placement_group(groups[i])
                     try:
                         yield i, ray.get(ref), None
                     except ray.exceptions.RayError as e:
@@ -190,6 +206,10 @@ class RayExecutor:
             for ref in pending:
                 ray.cancel(ref, force=True)
             raise
+        finally:
+            for i in pending.values():
+                if groups[i] is not None:
+                    remove_placement_group(groups[i])
 
 
 def executor(name: str, workers: int, nproc: int, address: str | None, max_retries: int, uri: str):
