@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.app.launch import torchrun
+
 COLLECTIVES = ("c10d::", "FSDP::all_gather (", "FSDP::post_backward_reduce", "gloo:", "nccl:")
 
 
@@ -83,15 +85,7 @@ def launch(layout: str, sharding: str, steps: int, out: Path) -> dict:
         cmd = [sys.executable, *me]
         env |= {"OMP_NUM_THREADS": "2"}
     else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node",
-            "2",
-            *me,
-        ]
+        cmd = torchrun(2, *me)
         env |= {"OMP_NUM_THREADS": "1"}
     subprocess.run(cmd, env=env, check=True, capture_output=True)
     return json.loads((out / f"{sharding}.json").read_text())

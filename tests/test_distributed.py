@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from algorithms import ALGORITHMS
+from bench.app.launch import torchrun
 from bench.tracking import client
 from tests.helpers import CLOCK, bench, histories
 
@@ -55,18 +56,6 @@ def _env(tmp: Path) -> dict:
     }
 
 
-def _torchrun(*args: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        *args,
-    ]
-
-
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory) -> dict[str, Path]:
     """Every spec run once in one process and by 2 processes under ddp and fsdp."""
@@ -75,7 +64,7 @@ def recorded(tmp_path_factory) -> dict[str, Path]:
     for sharding in ("none", "ddp", "fsdp"):
         out = tmp / sharding
         out.mkdir()
-        cmd = [sys.executable, WORKER] if sharding == "none" else _torchrun(WORKER)
+        cmd = [sys.executable, WORKER] if sharding == "none" else torchrun(2, WORKER)
         done = subprocess.run(
             [*cmd, str(out), *_specs(sharding)], env=_env(tmp), capture_output=True, text=True
         )
@@ -138,7 +127,7 @@ def test_a_rank_that_raises_stops_the_run_failed_with_its_reason(tmp_path):
     out.mkdir()
     start = time.time()
     done = subprocess.run(
-        [*_torchrun(WORKER), str(out), "fail@2", f"gvpo=train.sharding=ddp,{COMMON}"],
+        [*torchrun(2, WORKER), str(out), "fail@2", f"gvpo=train.sharding=ddp,{COMMON}"],
         env=_env(tmp_path),
         capture_output=True,
         text=True,

@@ -17,6 +17,20 @@ from bench.core.errors import BenchError, RunFailed
 from bench.core.paths import results_dir
 
 
+def torchrun(nproc: int, *args: str) -> list[str]:
+    """The torchrun command line that starts ``args`` (a script and its arguments, or ``-m``
+    and a module) as ``nproc`` processes on this machine."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        str(nproc),
+        *args,
+    ]
+
+
 def run_processes(nproc: int, argv: list[str]) -> str | None:
     """Run ``python -m bench *argv`` as ``nproc`` processes of one process group; returns the
     MLflow run id rank 0 opened."""
