@@ -32,6 +32,7 @@ from bench.distributed import World
 from bench.evaluate import evaluate
 from bench.models import load_policy, n_params
 from bench.precision import compute_precision, frozen_reference, master_weights
+from bench.sharding import shard_reference
 from bench.sources import PreferencePairs, Rollouts
 from bench.tracking import RankTracker, Tracker, resolve_uri
 from bench.update import Counters, Learner
@@ -150,6 +151,7 @@ def set_up(
     task.bind_tokenizer(tokenizer)
     seed_all(cfg.seed)
     reference = frozen_reference(policy, cfg)
+    reference = shard_reference(reference, cfg.train.sharding, cfg.sampling.source, world)
     size = n_params(policy)
     learner = Learner.build(policy, reference, algo, cfg, world)
     if cfg.sampling.source == "dataset":  # offline preference pairs instead of sampling

@@ -6,8 +6,9 @@ one micro-batch, the log-prob chunk, and the vLLM engine's share. Under ``--gpus
 sharding divides what it shards: ``train.sharding=fsdp`` the master weights, gradients,
 optimiser states (and the copy to undo a step) over the N GPUs, with one layer's bf16 compute
 copy gathered at a time; ``ddp`` nothing (each GPU holds everything, the batch is split). The
-frozen reference is replicated on every GPU under both, and the HF sampler under fsdp decodes
-with a full fp32 copy of the policy (bench/sharding.py).
+frozen reference is sharded the same way under fsdp (one layer gathered at a time) unless the run
+samples from it (then, and under ddp, it is whole on every GPU), and the HF sampler under fsdp
+decodes with a full fp32 copy of the policy (bench/sharding.py).
 
 The activation model counts what HF's Qwen2/Llama decoder saves for backward per token, per
 layer: 8h + 4i + 2kv + a + 2 values (h hidden, i MLP width, kv key/value width, a heads), the
@@ -127,6 +128,17 @@ def micro_batch(cfg: RunConfig, w: Workload) -> tuple[int, int]:
     return tokens, tokens * cfg.sampling.max_new_tokens // row
 
 
+def reference_row(cfg: RunConfig, n: float, per_layer: float, gpus: int, needs_ref: bool):
+    """(item, bytes per GPU) of the frozen reference: whole, or a 1/gpus shard plus one gathered
+    layer (and the next, prefetched) when fsdp shards it (not when the run samples from it)."""
+    width = 2 if cfg.train.precision == "bf16-mixed" else 4
+    if not needs_ref:
+        return ("reference model", 0.0)
+    if gpus > 1 and cfg.sampling.source not in ("reference", "mixture"):
+        return ("reference model (sharded)", width * (n / gpus + 2 * per_layer))
+    return ("reference model (whole)", width * n)
+
+
 def memory_rows(cfg: RunConfig, s: Shape, w: Workload, needs_ref: bool) -> list[tuple[str, float]]:
     """(item, bytes per GPU)."""
     n = s.params
@@ -142,7 +154,7 @@ def memory_rows(cfg: RunConfig, s: Shape, w: Workload, needs_ref: bool) -> list[
         ("compute copy (bf16)", (2 * 2 * per_layer if shard > 1 else 2 * n) if mixed else 0),
         ("gradients (fp32)", 4 * n / shard),
         ("optimiser states (AdamW, fp32)", 8 * n / shard if adam else 0),
-        ("reference model (replicated)", (2 if mixed else 4) * n if needs_ref else 0),
+        reference_row(cfg, n, per_layer, shard if fsdp else 1, needs_ref),
         (
             f"activations ({tokens} tokens{', checkpointed' if ckpt else ''})",
             activation_bytes(s, tokens, scored, ckpt, chunk),

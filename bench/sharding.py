@@ -10,8 +10,10 @@ processes of a sharded run, on PyTorch's own engines.
   gradients reduce-scattered (summed) in fp32. The HF sampler then decodes with a full copy of
   the policy that follows the shards (``SamplingCopy``), as a colocated engine would.
 
-The frozen reference model is replicated on every rank (bf16 under bf16-mixed); ``bench plan``
-counts it whole per GPU.
+The frozen reference model is sharded the same way under fsdp (its bf16 or fp32 weights split
+over the ranks, gathered a layer at a time for its forwards), except when the run samples from it
+(``sampling.source=reference|mixture``): ranks decode different lengths, so it stays whole on
+every rank there. Under ddp it is replicated. ``bench plan`` counts what each choice holds.
 """
 
 from __future__ import annotations
@@ -82,20 +84,43 @@ def shard(model: PolicyForward, sharding: str, bf16: bool, world: World) -> nn.M
         wrapped = nn.parallel.DistributedDataParallel(model, forward_sync_buffers=False)
         wrapped.register_comm_hook(None, _sum_hook)
         return wrapped
-    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
-    from transformers.modeling_layers import GradientCheckpointingLayer
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy
 
     policy = MixedPrecisionPolicy(
         param_dtype=torch.bfloat16 if bf16 else None, reduce_dtype=torch.float32
     )
-    for layer in [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]:
-        fully_shard(layer, mp_policy=policy)
-    fully_shard(model, mp_policy=policy)
+    _fully_shard(model, policy)
     for m in model.modules():
         if isinstance(m, FSDPModule):
             m.set_gradient_divide_factor(1.0)  # a sum: the loss terms are minibatch-global
             m.set_force_sum_reduction_for_comms(True)  # plain SUM (gloo has no PREMUL_SUM)
     return model
+
+
+def reference_sharded(sharding: str, source: str, world: World) -> bool:
+    """Whether the frozen reference is sharded (fsdp, and not sampled from)."""
+    return world.sharded and sharding == "fsdp" and source not in ("reference", "mixture")
+
+
+def shard_reference(reference: nn.Module, sharding: str, source: str, world: World) -> nn.Module:
+    """The frozen reference, FSDP2-sharded per decoder layer when ``reference_sharded``; its
+    parameters keep their dtype (bf16 under bf16-mixed, see ``frozen_reference``)."""
+    if reference_sharded(sharding, source, world):
+        # no backward follows its forwards: the root too is resharded after each (by default
+        # FSDP2 keeps the root's parameters, the embeddings, gathered for the backward)
+        _fully_shard(reference, None, reshard_root=True)
+    return reference
+
+
+def _fully_shard(model: nn.Module, mp_policy, reshard_root: bool | None = None) -> None:
+    """FSDP2 ``fully_shard`` on each decoder layer, then on the root."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    mp_policy = mp_policy or MixedPrecisionPolicy()
+    for layer in [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]:
+        fully_shard(layer, mp_policy=mp_policy)
+    fully_shard(model, mp_policy=mp_policy, reshard_after_forward=reshard_root)
 
 
 def _sum_hook(state, bucket):

@@ -1,6 +1,7 @@
 """Started by tests/test_distributed.py, in one process or by torchrun in several: trains each
 given run through the loop and records, per step, the sampled token ids and every logged
-metric, and the final parameters (gathered whole under fsdp); rank 0 saves them to
+metric, the final parameters (gathered whole under fsdp) and the share of the policy's and
+the reference's parameters a rank holds; rank 0 saves them to
 OUT/<name>.pt. Usage: distributed_worker.py OUT NAME=override,override ... [fail@STEP]
 """
 
@@ -14,7 +15,7 @@ import torch
 
 import bench.loop as loop
 from bench.config import load_config
-from bench.distributed import full
+from bench.distributed import full, local
 
 
 def record(name: str, overrides: list[str], out: Path, fail_at: int) -> None:
@@ -34,6 +35,9 @@ def record(name: str, overrides: list[str], out: Path, fail_at: int) -> None:
         if run.learner.value_head is not None:
             named += [(f"value_head.{n}", p) for n, p in run.learner.value_head.named_parameters()]
         got["params"] = {n: full(p).detach().clone() for n, p in named}  # collective: all ranks
+        for module in ("policy", "reference"):  # the share of it this rank holds
+            ps = list(getattr(run.learner, module).parameters())
+            got[f"{module}_share"] = sum(local(p).numel() for p in ps) / sum(p.numel() for p in ps)
         finish(run, status)
 
     def failing_step(run, step):

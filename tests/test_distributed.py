@@ -44,6 +44,8 @@ def _specs(sharding: str) -> list[str]:
     if sharding == "fsdp":
         micro = f"train.micro_batch_tokens=16,{sgd}"
         specs += [f"{a}_micro=algorithm={a},{micro},{extra}{COMMON}" for a in MICRO]
+    if sharding != "ddp":  # half of each group sampled from the reference: kept whole
+        specs.append(f"mixture=algorithm=grpo,sampling.source=mixture,{extra}{COMMON}")
     return specs
 
 
@@ -90,12 +92,19 @@ def _same(one: dict, two: dict) -> None:
 
 @pytest.mark.parametrize(
     ("sharding", "name"),
-    [(s, a) for s in ("ddp", "fsdp") for a in ALGOS] + [("ddp", "minibatches"), ("ddp", "replay")],
+    [(s, a) for s in ("ddp", "fsdp") for a in ALGOS]
+    + [("ddp", "minibatches"), ("ddp", "replay"), ("fsdp", "mixture")],
 )
 def test_two_processes_sample_train_and_log_what_one_does(recorded, sharding, name):
     one = torch.load(recorded["none"] / f"{name}.pt")
     two = torch.load(recorded[sharding] / f"{name}.pt")
     _same(one, two)
+    # the frozen reference is sharded like the policy under fsdp (whole on every rank under ddp,
+    # and when the run samples from it)
+    if sharding == "fsdp" and name != "mixture":
+        assert two["reference_share"] == two["policy_share"] < 0.75
+    else:
+        assert two["reference_share"] == 1
     if name == "replay":  # replayed rows (with their behaviour log-probs) were trained on
         assert any(m.get("rollout/replay_frac", 0) > 0 for _, m in one["metrics"])
     moved = any(not torch.equal(p, two["params"][n]) for n, p in _initial(recorded).items())

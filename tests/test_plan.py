@@ -139,8 +139,8 @@ def test_a_plan_that_does_not_fit_exits_2_with_a_one_line_verdict_naming_a_fix()
 
 def test_gpus_divide_what_the_sharding_shards():
     """fsdp divides master weights, gradients, AdamW states and the undo copy by the GPUs; ddp
-    divides no state (only the batch); the reference is whole on every GPU; with no sharding
-    more GPUs are refused."""
+    divides no state (only the batch); fsdp shards the reference unless the run samples from it;
+    with no sharding more GPUs are refused."""
     from bench.core.errors import BenchError
 
     w = dict(prompt_tokens=256, gpu_memory_gb=80.0, utilization=0.4, gpu_tflops=989.0)
@@ -158,7 +158,16 @@ def test_gpus_divide_what_the_sharding_shards():
     ):
         assert fsdp[item] == pytest.approx(one[item] / 8)
         assert ddp[item] == one[item]
-    assert fsdp["reference model (replicated)"] == one["reference model (replicated)"]
+    # the frozen reference: a 1/8 shard plus two gathered layers (bf16) under fsdp, whole under
+    # ddp, and whole under fsdp when the run samples from it
+    whole = one["reference model (whole)"]
+    assert whole == 2 * make_plan(cfg, Workload(gpus=1, **w)).memory[0][1] / 4  # bf16 = fp32 / 2
+    assert fsdp["reference model (sharded)"] == pytest.approx(whole / 8 + 2 * whole / 28)
+    assert ddp["reference model (whole)"] == whole
+    mixture = load_config("paper_math_7b", ["sampling.source=mixture"])
+    assert (
+        dict(make_plan(mixture, Workload(gpus=8, **w)).memory)["reference model (whole)"] == whole
+    )
     hf = load_config("paper_math_7b", ["sampling.engine=hf"])
     assert "HF sampler's full policy copy (fp32)" in dict(
         make_plan(hf, Workload(gpus=8, **w)).memory
