@@ -69,6 +69,10 @@ class ModelConfig:
     warmstart_batch: Count = 64  # examples per warm-start step
 
 
+# the sources that sample from the frozen reference (which then stays whole under fsdp)
+REFERENCE_SOURCES = ("reference", "mixture")
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     k: GroupSize = 4  # completions per prompt (group size)

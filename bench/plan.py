@@ -26,7 +26,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.config import RunConfig
+from bench.config import REFERENCE_SOURCES, RunConfig
 from bench.core.errors import BenchError
 
 GB = 1024**3
@@ -134,7 +134,7 @@ def reference_row(cfg: RunConfig, n: float, per_layer: float, gpus: int, needs_r
     width = 2 if cfg.train.precision == "bf16-mixed" else 4
     if not needs_ref:
         return ("reference model", 0.0)
-    if gpus > 1 and cfg.sampling.source not in ("reference", "mixture"):
+    if gpus > 1 and cfg.sampling.source not in REFERENCE_SOURCES:
         return ("reference model (sharded)", width * (n / gpus + 2 * per_layer))
     return ("reference model (whole)", width * n)
 

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from bench.config import REFERENCE_SOURCES
 from bench.core.errors import BenchError
 from bench.distributed import World, full
 from bench.rollout import token_logps
@@ -97,15 +98,10 @@ def shard(model: PolicyForward, sharding: str, bf16: bool, world: World) -> nn.M
     return model
 
 
-def reference_sharded(sharding: str, source: str, world: World) -> bool:
-    """Whether the frozen reference is sharded (fsdp, and not sampled from)."""
-    return world.sharded and sharding == "fsdp" and source not in ("reference", "mixture")
-
-
 def shard_reference(reference: nn.Module, sharding: str, source: str, world: World) -> nn.Module:
-    """The frozen reference, FSDP2-sharded per decoder layer when ``reference_sharded``; its
-    parameters keep their dtype (bf16 under bf16-mixed, see ``frozen_reference``)."""
-    if reference_sharded(sharding, source, world):
+    """The frozen reference, FSDP2-sharded per decoder layer under fsdp unless the run samples
+    from it; its parameters keep their dtype (bf16 under bf16-mixed, see ``frozen_reference``)."""
+    if world.sharded and sharding == "fsdp" and source not in REFERENCE_SOURCES:
         # no backward follows its forwards: the root too is resharded after each (by default
         # FSDP2 keeps the root's parameters, the embeddings, gathered for the backward)
         _fully_shard(reference, None, reshard_root=True)

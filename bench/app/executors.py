@@ -156,29 +156,20 @@ class RayExecutor:
                 )
         return ray
 
-    def _resources(self, ray) -> dict:
-        gpus = self.nproc if self.nproc > 1 and ray.cluster_resources().get("GPU", 0) else 0
-        return {"num_cpus": self.cpus * self.nproc, "num_gpus": gpus}
-
-    def _group(self, ray, resources: dict):
-        """A run's own placement group (one node), or None for a one-process run."""
-        if self.nproc <= 1:
-            return None
-        from ray.util.placement_group import placement_group
-
-        bundle = {"CPU": resources["num_cpus"]} | (
-            {"GPU": resources["num_gpus"]} if resources["num_gpus"] else {}
-        )
-        return placement_group([bundle], strategy="STRICT_PACK")
-
     def _submit(self, ray, fn, args):
-        """(task ref, its placement group or None)."""
+        """(task ref, its placement group: one bundle on one node for a run of several
+        processes, None for a one-process run)."""
+        from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        resources = self._resources(ray)
-        options = resources | {"max_retries": self.max_retries, "retry_exceptions": False}
-        group = self._group(ray, resources)
-        if group is not None:  # Ray queues the task until its group's bundle is reserved
+        cpus = self.cpus * self.nproc
+        gpus = self.nproc if self.nproc > 1 and ray.cluster_resources().get("GPU", 0) else 0
+        options = {"num_cpus": cpus, "num_gpus": gpus, "max_retries": self.max_retries}
+        options["retry_exceptions"] = False
+        group = None
+        if self.nproc > 1:  # Ray queues the task until its group's bundle is reserved
+            bundle = {"CPU": cpus} | ({"GPU": gpus} if gpus else {})
+            group = placement_group([bundle], strategy="STRICT_PACK")
             options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(group, 0)
         return ray.remote(_ray_call).options(**options).remote(fn, args), group
 
