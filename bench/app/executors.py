@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
+import secrets
 import signal
+import socket
 import threading
 import time
 import traceback
@@ -140,20 +142,22 @@ class RayExecutor:
     def _connect(self):
         import ray
 
-        if not ray.is_initialized():
-            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-            env = {
-                "runtime_env": {"env_vars": {k: v for k, v in os.environ.items() if k in FORWARDED}}
-            }
-            if self.address:
-                ray.init(address=self.address, log_to_driver=False, **env)
-            else:  # a local cluster on loopback, this machine's cores
-                ray.init(
-                    include_dashboard=False,
-                    _node_ip_address="127.0.0.1",
-                    log_to_driver=False,
-                    **env,
-                )
+        if ray.is_initialized():
+            return ray
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        env = {"runtime_env": {"env_vars": {k: v for k, v in os.environ.items() if k in FORWARDED}}}
+        address = self.address or os.environ.get("RAY_ADDRESS")
+        if not address:  # a local cluster on loopback, this machine's cores
+            _session_token()
+            ray.init(
+                include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False, **env
+            )
+            return ray
+        _reachable(address)
+        try:
+            ray.init(address=address, log_to_driver=False, **env)
+        except (ConnectionError, RuntimeError, ray.exceptions.RayError) as e:
+            raise BenchError(_cannot_connect(address, e)) from None
         return ray
 
     def _submit(self, ray, fn, args):
@@ -201,6 +205,44 @@ class RayExecutor:
             for i in pending.values():
                 if groups[i] is not None:
                     remove_placement_group(groups[i])
+
+
+AUTH_HELP = (
+    "check the address (--ray-address, RAY_ADDRESS), that the cluster is up (ray status), and, "
+    "for a cluster with token authentication, RAY_AUTH_MODE=token with its token in "
+    "RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token"
+)
+
+
+def _cannot_connect(address: str, e: BaseException) -> str:
+    first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+    return f"cannot connect to the Ray cluster at {address}: {first[:200]}; {AUTH_HELP}"
+
+
+def _reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A cluster address that nothing answers on is one line at once (Ray itself retries for
+    minutes). A ``ray://`` client address and ``auto`` are left to Ray."""
+    if address.startswith("ray://") or ":" not in address:
+        return
+    host, port = address.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError) as e:
+        raise BenchError(_cannot_connect(address, e)) from None
+
+
+def _session_token() -> None:
+    """Token authentication for a local cluster with a token that lives in this process's
+    environment (its Ray processes inherit it): Ray's default writes ``~/.ray/auth_token``,
+    and a later ``ray start`` cluster would then require a token its drivers do not send.
+    Left alone when the user set RAY_AUTH_MODE or a token of their own."""
+    if any(k in os.environ for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")):
+        return
+    from ray._raylet import Config
+
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    Config.initialize("")  # Ray reads its mode from a config cached at import
 
 
 def executor(name: str, workers: int, nproc: int, address: str | None, max_retries: int, uri: str):
