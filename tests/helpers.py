@@ -72,14 +72,16 @@ def arch_model(arch: str, tok, attn_implementation: str | None = None, seed: int
     return AutoModelForCausalLM.from_config(config, **impl).eval()
 
 
-def bench(*args, results, wait=True, timeout=300):
-    """`bench ARGS` as a real subprocess with its results under ``results`` (no progress bars):
-    the finished process, or the running one when ``wait`` is False."""
+def bench(*args, results, wait=True, timeout=300, env=None):
+    """`bench ARGS` as a real subprocess with its results under ``results`` (no progress bars),
+    in ``env`` (default: this process's): the finished process, or the running one when
+    ``wait`` is False."""
     import os
     import subprocess
     import sys
 
-    env = {**os.environ, "BENCH_PROGRESS": "0", "BENCH_RESULTS": str(results)}
+    env = {**(os.environ if env is None else env), "BENCH_PROGRESS": "0"}
+    env["BENCH_RESULTS"] = str(results)
     cmd = [sys.executable, "-m", "bench.app.cli", *args]
     if wait:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
 import time
 from pathlib import Path
 
@@ -15,30 +13,19 @@ import pytest
 
 from bench.tracking import client
 from tests.helpers import CLOCK, bench
+from tests.ray_cluster import free_ports, ray_cluster, ray_env
 
 pytest.importorskip("ray")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    port = _free_port()
-    ray = str(Path(os.sys.executable).with_name("ray"))
-    env = os.environ | {"RAY_USAGE_STATS_ENABLED": "0"}
-    start = [ray, "start", "--head", "--num-cpus", "2", "--node-ip-address", "127.0.0.1"]
-    subprocess.run(
-        [*start, "--port", str(port), "--include-dashboard", "false", "--disable-usage-stats"],
-        check=True,
-        capture_output=True,
-        env=env,
-    )
-    yield f"127.0.0.1:{port}"
-    subprocess.run([ray, "stop", "--force"], capture_output=True, env=env)
+    """A 2-CPU cluster of this module's own (its home, ports and temp folder; token
+    authentication off, said explicitly to the cluster and to every driver)."""
+    env = ray_env(tmp_path_factory.mktemp("home"), RAY_AUTH_MODE="disabled")
+    with ray_cluster(env) as address:
+        yield address, env
 
 
 def _finals(results: Path) -> dict[str, dict]:
@@ -52,6 +39,7 @@ def _finals(results: Path) -> dict[str, dict]:
 
 
 def test_a_sweep_on_ray_logs_what_the_local_executor_logs(tmp_path, cluster):
+    address, env = cluster
     grid = ["--grid", "algorithm=gvpo,grpo", "--grid", "seed=0,1", "train.steps=1"]
     grid += ["eval.max_prompts=4", "eval.k=0"]
     local = bench("sweep", "smoke", *grid, results=tmp_path / "local")
@@ -63,8 +51,9 @@ def test_a_sweep_on_ray_logs_what_the_local_executor_logs(tmp_path, cluster):
         "--executor",
         "ray",
         "--ray-address",
-        cluster,
+        address,
         results=tmp_path / "ray",
+        env=env,
     )
     assert on_ray.returncode == 0, on_ray.stderr[-2000:]
     a, b = _finals(tmp_path / "local"), _finals(tmp_path / "ray")
@@ -79,8 +68,9 @@ def test_sharded_runs_on_ray_take_a_node_each_and_log_what_one_process_logs(tmp_
     grid += ["model.num_layers=2", "train.sharding=ddp"]
     one = bench("sweep", "smoke", *grid, results=tmp_path / "one")
     assert one.returncode == 0, one.stderr[-2000:]
-    ray_args = ["--nproc", "2", "--executor", "ray", "--ray-address", cluster]
-    two = bench("sweep", "smoke", *grid, *ray_args, results=tmp_path / "two")
+    address, env = cluster
+    ray_args = ["--nproc", "2", "--executor", "ray", "--ray-address", address]
+    two = bench("sweep", "smoke", *grid, *ray_args, results=tmp_path / "two", env=env)
     assert two.returncode == 0, two.stderr[-2000:]
     c = client(f"sqlite:///{tmp_path / 'two'}/mlflow.db")
     runs = c.search_runs([c.get_experiment_by_name("smoke").experiment_id])
@@ -96,6 +86,7 @@ def test_sharded_runs_on_ray_take_a_node_each_and_log_what_one_process_logs(tmp_
 
 
 def test_a_killed_ray_task_is_retried_and_resumes_from_its_checkpoint(tmp_path, cluster):
+    address, env = cluster
     args = [
         "sweep",
         "smoke",
@@ -107,9 +98,9 @@ def test_a_killed_ray_task_is_retried_and_resumes_from_its_checkpoint(tmp_path, 
         "--executor",
         "ray",
         "--ray-address",
-        cluster,
+        address,
     ]
-    proc = bench(*args, results=tmp_path, wait=False)
+    proc = bench(*args, results=tmp_path, wait=False, env=env)
     start = time.time()
     while not list((tmp_path / "checkpoints").glob("*/latest")):
         assert proc.poll() is None and time.time() - start < 180, proc.stderr.read()[-2000:]
@@ -134,3 +125,58 @@ def test_a_remote_cluster_with_a_sqlite_store_is_one_line(tmp_path):
     assert done.returncode == 2
     last = (done.stdout + done.stderr).strip().splitlines()[-1]
     assert last.startswith("error: --executor ray on the cluster at 10.1.2.3:6379 logs from other")
+
+
+def _last_line(done) -> str:
+    return (done.stdout + done.stderr).strip().splitlines()[-1]
+
+
+ONE_STEP = ["--grid", "seed=0", "train.steps=1", "eval.max_prompts=4", "eval.k=0"]
+
+
+def test_a_local_ray_sweep_leaves_nothing_that_breaks_a_later_cluster(tmp_path):
+    """``--executor ray`` with no address starts a Ray instance here; Ray's own default would
+    write ~/.ray/auth_token, after which a ``ray start`` cluster requires a token its drivers
+    do not send. Ours keeps the token in the process environment: the home stays clean, and a
+    cluster started afterwards (as a user would, no Ray settings) takes a sweep."""
+    home = tmp_path / "home"
+    env = ray_env(home)
+    local = bench("sweep", "smoke", *ONE_STEP, "--executor", "ray", results=tmp_path / "a", env=env)
+    assert local.returncode == 0, local.stderr[-2000:]
+    assert not (home / ".ray" / "auth_token").exists()
+    with ray_cluster(env) as address:
+        args = ["--executor", "ray", "--ray-address", address]
+        later = bench("sweep", "smoke", *ONE_STEP, *args, results=tmp_path / "b", env=env)
+    assert later.returncode == 0, later.stderr[-2000:]
+
+
+def test_a_cluster_that_wants_a_token_the_driver_lacks_is_one_line(tmp_path):
+    """A token in ~/.ray (left by an earlier local Ray) makes ``ray start`` enable token
+    authentication; a driver with an explicit address does not send it unless told
+    (RAY_AUTH_MODE=token): one line that says so, exit 2; told, the sweep runs."""
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text("a" * 64)
+    env = ray_env(home)
+    with ray_cluster(env) as address:
+        args = [*ONE_STEP, "--executor", "ray", "--ray-address", address]
+        refused = bench("sweep", "smoke", *args, results=tmp_path / "a", env=env)
+        told = bench(
+            "sweep", "smoke", *args, results=tmp_path / "b", env=env | {"RAY_AUTH_MODE": "token"}
+        )
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert _last_line(refused).startswith(f"error: cannot connect to the Ray cluster at {address}")
+    assert "RAY_AUTH_MODE=token" in _last_line(refused)
+    assert told.returncode == 0, told.stderr[-2000:]
+
+
+def test_an_address_nothing_answers_on_is_one_line_at_once(tmp_path):
+    (port,) = free_ports(1)
+    started = time.time()
+    args = [*ONE_STEP, "--executor", "ray", "--ray-address", f"127.0.0.1:{port}"]
+    done = bench("sweep", "smoke", *args, results=tmp_path, env=ray_env(tmp_path))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert _last_line(done).startswith(
+        f"error: cannot connect to the Ray cluster at 127.0.0.1:{port}"
+    )
+    assert time.time() - started < 120  # not Ray's minutes of retries
