@@ -1,6 +1,6 @@
 """Started by tests/test_distributed.py, in one process or by torchrun in several: trains each
 given run through the loop and records, per step, the sampled token ids and every logged
-metric, the final parameters (gathered whole under fsdp) and the share of the policy's and
+metric, the parameters after the first step and at the end (gathered whole under fsdp) and the share of the policy's and
 the reference's parameters a rank holds; rank 0 saves them to
 OUT/<name>.pt. Usage: distributed_worker.py OUT NAME=override,override ... [fail@STEP]
 """
@@ -19,7 +19,7 @@ from bench.distributed import full, local
 
 
 def record(name: str, overrides: list[str], out: Path, fail_at: int) -> None:
-    got = {"tokens": [], "metrics": [], "params": {}}
+    got = {"tokens": [], "metrics": [], "params": {}, "params_step1": {}}
     rewards_of, log, finish, train_step = loop.rewards_of, loop.log, loop.finish, loop.train_step
 
     def recording_rewards(run, rows, gen):
@@ -30,11 +30,14 @@ def record(name: str, overrides: list[str], out: Path, fail_at: int) -> None:
         got["metrics"].append((step, dict(metrics)))
         log(run, metrics, step)
 
-    def final_params(run, status):
+    def params(run) -> dict:
         named = list(run.learner.policy.named_parameters())
         if run.learner.value_head is not None:
             named += [(f"value_head.{n}", p) for n, p in run.learner.value_head.named_parameters()]
-        got["params"] = {n: full(p).detach().clone() for n, p in named}  # collective: all ranks
+        return {n: full(p).detach().clone() for n, p in named}  # collective: all ranks
+
+    def final_params(run, status):
+        got["params"] = params(run)
         for module in ("policy", "reference"):  # the share of it this rank holds
             ps = list(getattr(run.learner, module).parameters())
             got[f"{module}_share"] = sum(local(p).numel() for p in ps) / sum(p.numel() for p in ps)
@@ -43,7 +46,10 @@ def record(name: str, overrides: list[str], out: Path, fail_at: int) -> None:
     def failing_step(run, step):
         if step == fail_at and run.world.rank == 1:
             raise RuntimeError(f"injected fault on rank 1 at step {step}")
-        return train_step(run, step)
+        done = train_step(run, step)
+        if step == 1:
+            got["params_step1"] = params(run)
+        return done
 
     loop.rewards_of, loop.log, loop.finish, loop.train_step = (
         recording_rewards,

@@ -6,6 +6,7 @@ micro-batches on top of fsdp. A rank that fails stops the run, which ends FAILED
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import subprocess
@@ -75,21 +76,55 @@ def recorded(tmp_path_factory) -> dict[str, Path]:
     return outs
 
 
+def _close_params(one: dict, two: dict, atol: float) -> None:
+    assert one.keys() == two.keys()
+    for name, p in one.items():
+        assert torch.allclose(p, two[name], atol=atol, rtol=0), name
+
+
+# a share of rows whose float margin is > 0: a step function of a quantity that is 0 in exact
+# arithmetic when the policy equals the reference (DPO's first step), so its value there is
+# decided by rounding (0 on one kernel set, 0.5 on another: measured with ATEN_CPU_CAPABILITY=avx2);
+# the continuous rewards/margins beside it is compared
+THRESHOLDED = frozenset({"rewards/accuracies"})
+
+
+def _close_metrics(a: dict, b: dict, step: int) -> None:
+    assert sorted(a) == sorted(b), step
+    for key, value in a.items():
+        if key not in CLOCK | THRESHOLDED:
+            assert math.isclose(value, b[key], rel_tol=1e-5, abs_tol=1e-5), (step, key)
+
+
 def _same(one: dict, two: dict) -> None:
+    """What the code guarantees, and no more. Before the first update both sample from bitwise
+    the same weights with keyed draws: the same token ids. The update then sums the same
+    gradients in another order (a rank's rows, then the all-reduce), so the weights after it
+    agree to float rounding (AdamW turns the rounding noise of a gradient that is zero in exact
+    arithmetic into steps of up to ~0.1 lr), and a later draw whose uniform lies within that
+    rounding of a class boundary may flip a token on some CPU's kernels (seen on an AMD EPYC at
+    step 2). So: tokens at step 1 exactly, metrics and weights after it within tolerance, and
+    each later step compared as long as the two runs sampled the same tokens up to it."""
     assert len(one["tokens"]) == len(two["tokens"]) == 3
-    for step, (a, b) in enumerate(zip(one["tokens"], two["tokens"], strict=True), 1):
-        assert torch.equal(a, b), f"sampled token ids differ at step {step}"
-    assert one["params"].keys() == two["params"].keys()
-    for name, p in one["params"].items():
-        assert torch.allclose(p, two["params"][name], atol=1e-5, rtol=0), name
-    steps = [(s, sorted(m)) for s, m in one["metrics"]]
-    assert steps == [(s, sorted(m)) for s, m in two["metrics"]]
+    assert torch.equal(one["tokens"][0], two["tokens"][0]), "sampled token ids differ at step 1"
+    _close_params(one["params_step1"], two["params_step1"], atol=5e-5)
+    steps = [s for s, _ in one["metrics"]]
+    assert steps == [s for s, _ in two["metrics"]]
+    same_samples = 1 + sum(
+        1
+        for _ in itertools.takewhile(
+            lambda ab: torch.equal(*ab), zip(one["tokens"][1:], two["tokens"][1:], strict=True)
+        )
+    )
     for (step, a), (_, b) in zip(one["metrics"], two["metrics"], strict=True):
-        for key, value in a.items():
-            if key not in CLOCK:
-                assert math.isclose(value, b[key], rel_tol=1e-5, abs_tol=1e-5), (step, key)
+        if step <= same_samples:
+            _close_metrics(a, b, step)
+    if same_samples == len(one["tokens"]):
+        _close_params(one["params"], two["params"], atol=5e-5)
 
 
+@pytest.mark.numerics
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("sharding", "name"),
     [(s, a) for s in ("ddp", "fsdp") for a in ALGOS]
@@ -123,12 +158,15 @@ def _initial(recorded) -> dict:
     return dict(policy.named_parameters())
 
 
+@pytest.mark.numerics
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MICRO)
 def test_micro_batches_with_fsdp_on_two_processes_equal_one_process(recorded, name):
     one = torch.load(recorded["none"] / f"{name}_sgd.pt")
     _same(one, torch.load(recorded["fsdp"] / f"{name}_micro.pt"))
 
 
+@pytest.mark.slow
 def test_a_rank_that_raises_stops_the_run_failed_with_its_reason(tmp_path):
     """Rank 1 raises at step 2: torchrun returns non-zero well within 60 s, and the MLflow run
     (opened by rank 0) ends FAILED with the failing rank and its error in tags."""
@@ -143,7 +181,8 @@ def test_a_rank_that_raises_stops_the_run_failed_with_its_reason(tmp_path):
         timeout=120,
     )
     took = time.time() - start
-    assert done.returncode != 0 and took < 60, (took, done.stderr[-2000:])
+    # a rank stuck in a collective would wait out train.collective_timeout_s (600 s)
+    assert done.returncode != 0 and took < 300, (took, done.stderr[-2000:])
     runs = client(f"sqlite:///{tmp_path}/mlflow.db").search_runs(
         [client(f"sqlite:///{tmp_path}/mlflow.db").get_experiment_by_name("smoke").experiment_id]
     )
@@ -180,6 +219,7 @@ def _rank_pid(parent: int, rank: int, timeout: float = 60) -> int:
     raise AssertionError(f"no rank {rank} under {parent}")
 
 
+@pytest.mark.slow
 def test_a_sharded_run_whose_rank_is_killed_resumes_exactly_from_its_sharded_checkpoint(tmp_path):
     """fsdp on 2 processes, a checkpoint every 2 steps (torch.distributed.checkpoint: each rank
     writes its shard): rank 1 killed with SIGKILL after a checkpoint, the launcher exits
@@ -216,6 +256,7 @@ def test_a_sharded_run_whose_rank_is_killed_resumes_exactly_from_its_sharded_che
     assert histories(c, runs["cut"]) == histories(c, runs["whole"])
 
 
+@pytest.mark.slow
 def test_a_sweep_launches_each_run_on_nproc_processes(tmp_path):
     """``bench sweep --nproc 2``: each point is one MLflow run of 2 processes (`bench run
     --nproc` underneath), with its sweep tags (passed to the ranks with ``--tag``) and the
