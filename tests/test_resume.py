@@ -4,13 +4,11 @@ with exactly its weights, and MLflow's history has each step once."""
 
 from __future__ import annotations
 
-import itertools
 import os
 import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ from safetensors.torch import load_file
 
 from bench.tracking import client
 from tests.helpers import bench, histories
+from tests.pause import stopped
 
 BASE = [
     "smoke",
@@ -50,24 +49,12 @@ def _weights(results: Path, run) -> dict:
     return load_file(results / "checkpoints" / run.info.run_id / "model.safetensors")
 
 
-def _wait_for_checkpoint(results: Path, proc, step: int = 0, timeout: float = 120) -> None:
-    """Until the run's latest checkpoint is past ``step`` (any checkpoint: 0)."""
-    start = time.time()
-    while True:
-        pointers = list((results / "checkpoints").glob("*/latest"))
-        if pointers and int(pointers[0].read_text().strip().removeprefix("step-")) > step:
-            return
-        assert proc.poll() is None, proc.stderr.read()[-2000:]
-        assert time.time() - start < timeout
-        time.sleep(0.02)
-
-
-def _seconds_per_step(results: Path, run) -> float:
-    """The median wall time between two logged steps of a finished run."""
-    c = client(f"sqlite:///{results}/mlflow.db")
-    times = sorted(m.timestamp for m in c.get_metric_history(run.info.run_id, "train/loss"))
-    gaps = sorted(b - a for a, b in itertools.pairwise(times))
-    return gaps[len(gaps) // 2] / 1000
+def paused_bench(event: str, *args, results: Path) -> subprocess.Popen:
+    """``bench ARGS`` that stops itself at ``event`` (tests/pause.py)."""
+    env = os.environ | {"BENCH_PROGRESS": "0", "BENCH_RESULTS": str(results)}
+    env["PYTHONPATH"] = str(Path(__file__).parents[1])
+    cmd = [sys.executable, "-m", "tests.pause", event, *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def _assert_same_run(results: Path, whole: str, resumed: str) -> None:
@@ -84,19 +71,19 @@ def _assert_same_run(results: Path, whole: str, resumed: str) -> None:
     assert all(wa[k].equal(wb[k]) for k in wa)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_a_run_killed_at_a_random_step_and_resumed_is_the_uninterrupted_run(tmp_path, case):
     args = [*BASE, *CASES[case]]
     whole = bench("run", *args, "run_name=whole", results=tmp_path)
     assert whole.returncode == 0, whole.stderr[-2000:]
-    step_time = _seconds_per_step(tmp_path, _runs(tmp_path)["whole"])
-    proc = bench("run", *args, "run_name=cut", results=tmp_path, wait=False)
+    # a random moment: one of 4 points of step 3, 4 or 5 (of 8), after the checkpoint of step 2
+    # or 4; the run stops itself there (SIGSTOP) and is killed with SIGKILL: timed by what the
+    # run did, not by a clock, so a busy machine cannot move the kill past the run's end
     rng = random.Random(case)
-    # a random step: after the checkpoint of step 2 or 4 (of 8), and a random moment within the
-    # next step (a fixed delay could outlast the run's last steps on a fast machine)
-    _wait_for_checkpoint(tmp_path, proc, step=rng.choice([1, 3]))
-    time.sleep(rng.uniform(0, step_time))
-    assert proc.poll() is None, "the run ended before it could be killed"
+    event = f"{rng.choice(['drawn', 'updated', 'logged', 'checkpointed'])}@{rng.choice([3, 4, 5])}"
+    proc = paused_bench(event, "run", *args, "run_name=cut", results=tmp_path)
+    stopped(proc.pid)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     latest = next((tmp_path / "checkpoints").glob("*/latest")).read_text().strip()
@@ -125,6 +112,7 @@ main()
 """
 
 
+@pytest.mark.slow
 def test_a_kill_during_a_checkpoint_write_resumes_from_the_previous_one(tmp_path):
     args = [*BASE, "algorithm=grpo"]
     assert bench("run", *args, "run_name=whole", results=tmp_path).returncode == 0
@@ -145,10 +133,11 @@ def test_a_kill_during_a_checkpoint_write_resumes_from_the_previous_one(tmp_path
     _assert_same_run(tmp_path, "whole", "cut")
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_changed_config_with_a_one_line_diff(tmp_path):
     args = [*BASE, "algorithm=grpo"]
-    proc = bench("run", *args, results=tmp_path, wait=False)
-    _wait_for_checkpoint(tmp_path, proc)
+    proc = paused_bench("checkpointed@2", "run", *args, results=tmp_path)
+    stopped(proc.pid)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     changed = bench("run", *args, "train.lr=0.001", "--resume", results=tmp_path)
@@ -172,6 +161,7 @@ def test_resume_without_a_checkpoint_is_one_line(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_compare_resumes_an_interrupted_run_from_its_checkpoint(tmp_path):
     """``bench compare`` killed mid-run, then run again: the interrupted run continues from its
     checkpoint in its own MLflow run (not from step 0), and the comparison finishes."""
@@ -188,8 +178,8 @@ def test_compare_resumes_an_interrupted_run_from_its_checkpoint(tmp_path):
         "train.checkpoint_every=2",
         "eval.max_prompts=8",
     ]
-    proc = bench(*args, results=tmp_path, wait=False)
-    _wait_for_checkpoint(tmp_path, proc)
+    proc = paused_bench("logged@3", *args, results=tmp_path)  # one worker: in this process
+    stopped(proc.pid)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     again = bench(*args, results=tmp_path)
