@@ -17,8 +17,6 @@ from bench.update import Counters, Learner
 from reports.report import build_report
 from reports.summary import SUMMARY_COLUMNS
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):

@@ -11,6 +11,8 @@ from bench.models import build_tokenizer
 from bench.rollout import token_logps
 from tests.helpers import ARCHS, arch_model
 
+pytestmark = pytest.mark.numerics  # rounding-sensitive: also run on a second kernel set
+
 
 def batch(tok, T=6):
     prompts, completions = ["1+2=", "33-1=", "9"], ["12", "7", "", "456", "1", "0000"]

@@ -16,6 +16,8 @@ from bench.models import build_tiny_model, build_tokenizer
 from bench.rollout import HFSampler
 from bench.update import Learner
 
+pytestmark = pytest.mark.numerics  # rounding-sensitive: also run on a second kernel set
+
 K, PROMPTS = 4, ["1+2=", "33-14+2=", "9", "7+7="]
 
 

@@ -15,8 +15,6 @@ from bench.config import load_config
 from bench.loop import train
 from reports.report import build_report
 
-pytestmark = pytest.mark.slow
-
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -71,6 +69,7 @@ def server(tmp_path):
     stop_server(proc)
 
 
+@pytest.mark.slow
 def test_train_and_report_through_the_server(server, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server)  # the standard variable, no --tracking-uri
     final = train(load_config("smoke", ["tracking.experiment=served"]))
@@ -89,6 +88,7 @@ def _has_logged(c, key: str) -> bool:
     return bool(runs) and key in runs[0].data.metrics
 
 
+@pytest.mark.slow
 def test_a_server_outage_longer_than_the_retry_window_loses_nothing(tmp_path):
     """The server killed mid-run and restarted on the same store, an outage far longer than
     the client's retry window (shortened to 0 retries and a 2 s timeout): the run goes on,

@@ -12,6 +12,8 @@ from bench.packing import _bins, can_pack
 from bench.rollout import token_logps
 from tests.helpers import ARCHS, arch_model
 
+pytestmark = pytest.mark.numerics  # rounding-sensitive: also run on a second kernel set
+
 
 def _batch(tok, prompts: list[str], completions: list[str], T: int):
     """Left-padded prompts (row b has prompt b // k) + right-padded completions ending in EOS."""

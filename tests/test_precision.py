@@ -16,6 +16,8 @@ from bench.models import build_tiny_model, build_tokenizer
 from bench.rollout import HFSampler, _has_kv_cache
 from bench.update import Counters, Learner
 
+pytestmark = pytest.mark.numerics  # rounding-sensitive: also run on a second kernel set
+
 PROMPTS = ["1+2=", "33-14+2=", "9", "7+7="]
 
 

@@ -13,6 +13,8 @@ from bench.models import build_tiny_model, build_tokenizer
 from bench.rollout import HFSampler, multinomial_one, token_logps
 from tests.helpers import ARCHS, arch_model
 
+pytestmark = pytest.mark.numerics  # rounding-sensitive: also run on a second kernel set
+
 SMALL = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
 
 

@@ -73,6 +73,7 @@ def test_rerun_skips_finished_points_and_retries_failed_ones(tracking_uri):
     assert "3 finished, 0 to run" in " ".join(dry.output.split())
 
 
+@pytest.mark.slow
 def test_killed_sweep_resumes_to_the_exact_set_of_points(tmp_path):
     uri = f"sqlite:///{tmp_path / 'kill.db'}"
     cmd = [

@@ -1,10 +1,6 @@
 """Synthetic alignment: the gold rule by hand, and a short compare that draws the over-optimisation plot."""
 
-import pytest
-
 from tasks.synthetic_pref import gold
-
-pytestmark = pytest.mark.slow
 
 
 def test_gold_reward_hand_checked():

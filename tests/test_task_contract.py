@@ -11,8 +11,6 @@ from bench.evaluate import evaluate_model
 from bench.loop import train
 from tasks import TASKS
 
-pytestmark = pytest.mark.slow
-
 TINY = [
     "model.hidden_size=32",
     "model.num_layers=1",

@@ -20,6 +20,8 @@ trl = pytest.importorskip("trl", reason="trl is not installed (pip install -e '.
 from datasets import Dataset  # noqa: E402
 from trl.trainer.utils import nanstd  # noqa: E402
 
+pytestmark = pytest.mark.numerics  # rounding-sensitive: also run on a second kernel set
+
 TINY = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
 G, K, P, T = 3, 4, 5, 6  # groups, group size, prompt length, completion length
 
@@ -164,6 +166,7 @@ def test_dpo_loss_equals_trl(model_dir, tmp_path):
     assert abs(loss.item() - 0.6931) > 1e-3  # policy != reference: not the trivial log 2
 
 
+@pytest.mark.slow
 def test_throughput_benchmark_runs_both_trainers(tmp_path):
     """benchmarks/grpo_vs_trl.py end to end at toy size (a smoke check that it keeps working
     against the pinned TRL, not a timing): both trainers take their steps and it prints the
