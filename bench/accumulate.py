@@ -80,6 +80,9 @@ def accumulated_backward(mb: RolloutBatch, parts: list, forward, loss_fn, combin
         values.requires_grad_(True)
     out = PolicyOutput(logp=logp, entropy=entropy, values=values)
     loss, metrics, _ = loss_fn(mb, out)
+    detached = PolicyOutput(logp.detach(), out.entropy, None if values is None else values.detach())
+    if not torch.isfinite(loss):  # the step is skipped: no backward (the same on every rank)
+        return loss.detach(), metrics, detached
     leaves = [t for t in (logp, values) if t is not None]
     coeffs = torch.autograd.grad(loss, leaves, allow_unused=True)
     c_logp, c_values = (list(coeffs) + [None])[:2]
@@ -91,7 +94,6 @@ def accumulated_backward(mb: RolloutBatch, parts: list, forward, loss_fn, combin
             surrogate = surrogate * 0.0
         if surrogate.requires_grad:
             surrogate.backward()
-    detached = PolicyOutput(logp.detach(), out.entropy, None if values is None else values.detach())
     return loss.detach(), metrics, detached
 
 

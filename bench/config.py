@@ -109,8 +109,9 @@ class TrainConfig:
     precision: Literal["fp32", "bf16-mixed"] = "fp32"
     logprob_chunk: Size = 0  # LM head + log-softmax on N tokens at a time, checkpointed (0 = all)
     max_skipped_steps: Count = 3  # stop FAILED after this many consecutive non-finite steps
-    # keep a copy of the weights and optimiser state during each step, to undo a non-finite one
-    undo_nonfinite: bool = True
+    # keep a copy of the weights and optimiser state during each step, to undo one that leaves
+    # them non-finite (off: a non-finite loss or gradient skips the step before it is taken)
+    undo_nonfinite: bool = False
     threads: Size = 0  # torch threads (0 = leave torch's default)
     # over several processes (torchrun, --nproc): ddp replicates, fsdp shards (FSDP2)
     sharding: Literal["none", "ddp", "fsdp"] = "none"

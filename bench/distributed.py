@@ -121,6 +121,13 @@ def total(t: Tensor, world: World, op=None) -> Tensor:
     return t
 
 
+def every(flag: bool, world: World) -> bool:
+    """True on every rank iff ``flag`` is True on every rank (one scalar MIN all-reduce)."""
+    if not world.sharded:
+        return flag
+    return bool(total(torch.tensor([float(flag)]), world, dist.ReduceOp.MIN))
+
+
 def most(n: int, world: World) -> int:
     """The largest ``n`` of any rank."""
     return int(total(torch.tensor([n]), world, dist.ReduceOp.MAX)) if world.sharded else n

@@ -58,3 +58,18 @@ class SavedBytes:
     def __call__(self):
         with torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t):
             yield self
+
+
+def peak_allocated(fn) -> int:
+    """The peak of the bytes torch allocated on the CPU while ``fn()`` ran, above what was
+    allocated before it: the running sum of the profiler's per-op allocations and frees, in
+    time order (each counted once, as its op's own, not its callers')."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    now = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        now += event.self_cpu_memory_usage
+        peak = max(peak, now)
+    return peak

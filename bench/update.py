@@ -21,7 +21,7 @@ from bench.config import RunConfig
 from bench.core.batch import PolicyOutput, RolloutBatch, seq_sum
 from bench.core.errors import RunFailed
 from bench.core.generation import Generation
-from bench.distributed import World, full, local, most, my_rows, spread, total
+from bench.distributed import World, every, full, local, most, my_rows, spread, total
 from bench.memory import enable_checkpointing
 from bench.precision import compute_precision
 from bench.rollout import model_device, token_logps
@@ -49,8 +49,8 @@ class Counters:
         self.skipped_steps += 0 if applied else 1
         if self.skipped_in_a_row >= max_in_a_row:
             raise RunFailed(
-                f"{self.skipped_in_a_row} optimiser steps in a row gave a non-finite loss, "
-                "gradient or weights (each undone); the run stops: lower train.lr or "
+                f"{self.skipped_in_a_row} optimiser steps in a row gave a non-finite loss or "
+                "gradient (each skipped); the run stops: lower train.lr or "
                 "train.max_grad_norm"
             )
 
@@ -269,19 +269,24 @@ class Learner:
         if len(parts) == 1:
             out = self.forward(mb)
             loss, metrics, mb = self.loss(mb, out)
-            loss.backward()
+            if torch.isfinite(loss):  # a non-finite loss skips the step: no backward
+                loss.backward()
             return loss.detach(), metrics, out, mb
         loss, metrics, out = accumulated_backward(mb, parts, self.forward, self.loss)
         return loss, metrics, out, with_behaviour(mb, out)
 
     def step(self, mb: RolloutBatch, counters: Counters) -> dict[str, float]:
-        """One optimiser step on a minibatch of whole groups. A step whose loss or gradient is
-        non-finite is skipped, one whose weights come out non-finite is undone; both are counted,
-        and ``train.max_skipped_steps`` in a row stop the run (RunFailed)."""
+        """One optimiser step on a minibatch of whole groups. The gradient norm that clipping
+        computes anyway (over all ranks' shards) is the guard: a step whose loss or gradient is
+        non-finite is skipped before the optimiser or the schedule moves (no copy of anything),
+        counted, and ``train.max_skipped_steps`` in a row stop the run (RunFailed). A finite
+        step that still leaves non-finite weights stops the run, or with
+        ``train.undo_nonfinite`` is undone and counted like a skip."""
         self.opt.zero_grad(set_to_none=True)
         loss, metrics, out, mb = self.backward(mb)
         gn = full(clip_grad_norm_(self.parameters(), self.cfg.train.max_grad_norm)).item()
-        applied = math.isfinite(gn) and math.isfinite(loss.item())
+        # every rank takes the same decision, also if only one rank saw a non-finite value
+        applied = every(math.isfinite(gn) and math.isfinite(loss.item()), self.world)
         if applied:
             undo = self.undo if self.cfg.train.undo_nonfinite else None
             if undo is not None:
@@ -290,8 +295,11 @@ class Learner:
             self.sched.step()
             applied = weights_finite(self.parameters(), self.world)
             if not applied and undo is None:
+                lr = self.cfg.train.lr
                 raise RunFailed(
-                    "an optimiser step made the weights non-finite (train.undo_nonfinite=false: not undone)"
+                    f"an optimiser step with a finite gradient made the weights non-finite at "
+                    f"train.lr={lr:g}: lower it, and resume from the last checkpoint "
+                    "(or set train.undo_nonfinite=true to undo such steps)"
                 )
             if not applied:
                 undo.restore()
@@ -307,8 +315,7 @@ def weights_finite(params: list[torch.Tensor], world: World = World()) -> bool:
     """One reduction over all parameters (a sum is non-finite iff an element is), over all
     ranks' shards."""
     norms = torch._foreach_norm([local(p).detach() for p in params], 1)
-    finite = torch.isfinite(torch.stack(norms).sum()).float().reshape(1)
-    return bool(total(finite, world, torch.distributed.ReduceOp.MIN))
+    return every(bool(torch.isfinite(torch.stack(norms).sum())), world)
 
 
 class StepUndo:

@@ -47,6 +47,8 @@ def _specs(sharding: str) -> list[str]:
         specs += [f"{a}_micro=algorithm={a},{micro},{extra}{COMMON}" for a in MICRO]
     if sharding != "ddp":  # half of each group sampled from the reference: kept whole
         specs.append(f"mixture=algorithm=grpo,sampling.source=mixture,{extra}{COMMON}")
+    # last (it stays on): at step 2 the last rank writes NaN into its share of a gradient
+    specs += ["nan@2", f"skip=algorithm=grpo,{extra}{COMMON}"]
     return specs
 
 
@@ -93,7 +95,8 @@ def _close_metrics(a: dict, b: dict, step: int) -> None:
     assert sorted(a) == sorted(b), step
     for key, value in a.items():
         if key not in CLOCK | THRESHOLDED:
-            assert math.isclose(value, b[key], rel_tol=1e-5, abs_tol=1e-5), (step, key)
+            both_nan = math.isnan(value) and math.isnan(b[key])  # a skipped step's grad norm
+            assert both_nan or math.isclose(value, b[key], rel_tol=1e-5, abs_tol=1e-5), (step, key)
 
 
 def _same(one: dict, two: dict) -> None:
@@ -128,7 +131,8 @@ def _same(one: dict, two: dict) -> None:
 @pytest.mark.parametrize(
     ("sharding", "name"),
     [(s, a) for s in ("ddp", "fsdp") for a in ALGOS]
-    + [("ddp", "minibatches"), ("ddp", "replay"), ("fsdp", "mixture")],
+    + [("ddp", "minibatches"), ("ddp", "replay"), ("fsdp", "mixture")]
+    + [("ddp", "skip"), ("fsdp", "skip")],
 )
 def test_two_processes_sample_train_and_log_what_one_does(recorded, sharding, name):
     one = torch.load(recorded["none"] / f"{name}.pt")
@@ -140,6 +144,16 @@ def test_two_processes_sample_train_and_log_what_one_does(recorded, sharding, na
         assert two["reference_share"] == two["policy_share"] < 0.75
     else:
         assert two["reference_share"] == 1
+    if name == "skip":  # the NaN of one rank's gradient made every rank skip step 2, once
+        for run in (one, two):
+            (skipped,) = [
+                m["perf/skipped_steps"] for _, m in run["metrics"] if "perf/skipped_steps" in m
+            ]
+            assert skipped == 1
+        (norm,) = [
+            m["train/grad_norm"] for s, m in two["metrics"] if s == 2 and "train/grad_norm" in m
+        ]
+        assert math.isnan(norm)
     if name == "replay":  # replayed rows (with their behaviour log-probs) were trained on
         assert any(m.get("rollout/replay_frac", 0) > 0 for _, m in one["metrics"])
     moved = any(not torch.equal(p, two["params"][n]) for n, p in _initial(recorded).items())
