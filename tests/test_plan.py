@@ -138,7 +138,7 @@ def test_a_plan_that_does_not_fit_exits_2_with_a_one_line_verdict_naming_a_fix()
 
 
 def test_gpus_divide_what_the_sharding_shards():
-    """fsdp divides master weights, gradients, AdamW states and the undo copy by the GPUs; ddp
+    """fsdp divides master weights, gradients, AdamW states and the undo copy (when on) by the GPUs; ddp
     divides no state (only the batch); fsdp shards the reference unless the run samples from it;
     with no sharding more GPUs are refused."""
     from bench.core.errors import BenchError
@@ -147,7 +147,7 @@ def test_gpus_divide_what_the_sharding_shards():
     sharded = ["paper_math_7b"]
     rows = {}
     for sharding, gpus in (("fsdp", 1), ("fsdp", 8), ("ddp", 8)):
-        cfg = load_config(*sharded, [f"train.sharding={sharding}"])
+        cfg = load_config(*sharded, [f"train.sharding={sharding}", "train.undo_nonfinite=true"])
         rows[sharding, gpus] = dict(make_plan(cfg, Workload(gpus=gpus, **w)).memory)
     one, fsdp, ddp = rows["fsdp", 1], rows["fsdp", 8], rows["ddp", 8]
     for item in (
@@ -172,5 +172,7 @@ def test_gpus_divide_what_the_sharding_shards():
     assert "HF sampler's full policy copy (fp32)" in dict(
         make_plan(hf, Workload(gpus=8, **w)).memory
     )
+    plain = dict(make_plan(load_config("paper_math_7b"), Workload(gpus=8, **w)).memory)
+    assert "copy to undo a non-finite step" not in plain  # off by default: no copy, no row
     with pytest.raises(BenchError, match="train.sharding=fsdp"):
         make_plan(load_config("paper_math_7b", ["train.sharding=none"]), Workload(gpus=8, **w))

@@ -1,6 +1,6 @@
 """A store that concurrent commands cannot corrupt, and run statuses that tell the truth: real
-`bench` processes started together, killed with SIGKILL and SIGTERM, and interrupted with SIGINT;
-and a step that makes the weights non-finite is undone, counted, and stops the run."""
+`bench` processes started together, killed with SIGKILL and SIGTERM, and interrupted with SIGINT.
+The non-finite guard is tested in test_nonfinite.py."""
 
 import signal
 import time
