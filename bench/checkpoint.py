@@ -12,11 +12,16 @@ reached MLflow is not sent twice (``Tracker.resume``).
 Written atomically: into ``.step-N.tmp``, renamed to ``step-N`` once complete, then the
 ``latest`` pointer is replaced (written last), then checkpoints beyond
 ``train.keep_checkpoints`` are removed. A kill at any point leaves ``latest`` naming a complete
-checkpoint (or none).
+checkpoint (or none). Each checkpoint's ``manifest.json`` holds the size and sha256 of every
+file in it (every rank's shard included), written before the rename; a resume verifies them
+and falls back to the newest intact checkpoint (``newest_intact``): a disk that corrupts or
+truncates a file, or a file lost, costs the steps since the previous checkpoint, not the run.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
 import shutil
@@ -30,6 +35,7 @@ from bench import distributed
 from bench.core.paths import results_dir
 
 LATEST = "latest"
+MANIFEST = "manifest.json"
 
 
 def folder_of(run_id: str) -> Path:
@@ -37,16 +43,76 @@ def folder_of(run_id: str) -> Path:
 
 
 def latest(run_id: str) -> Path | None:
-    """The newest complete checkpoint of a run, or None."""
-    pointer = folder_of(run_id) / LATEST
-    if not pointer.exists():
-        return None
-    path = folder_of(run_id) / pointer.read_text().strip()
-    return path if (path / "run.pt").exists() else None
+    """The checkpoint the ``latest`` pointer names, else the newest one there is, or None (not
+    verified: ``newest_intact`` is what a resume uses)."""
+    pointed = _pointed(run_id)
+    if pointed is not None:
+        return pointed
+    return max(folder_of(run_id).glob("step-*"), key=step_of, default=None)
 
 
 def step_of(path: Path) -> int:
     return int(path.name.removeprefix("step-"))
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def write_manifest(folder: Path) -> None:
+    """The size and sha256 of every file below ``folder`` (read back from disk, as written)."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+    entries = {
+        str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files
+    }
+    (folder / MANIFEST).write_text(json.dumps(entries, indent=1) + "\n")
+
+
+def damage(folder: Path) -> str | None:
+    """What is wrong with a checkpoint, or None when every file its manifest lists is there with
+    its size and checksum."""
+    try:
+        entries = json.loads((folder / MANIFEST).read_text())
+        assert isinstance(entries, dict) and "run.pt" in entries
+    except FileNotFoundError:
+        return f"{MANIFEST} is missing"
+    except (OSError, ValueError, AssertionError):
+        return f"{MANIFEST} is unreadable"
+    for name, want in entries.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != want["bytes"]:
+            return f"{name} has {path.stat().st_size} bytes, {want['bytes']} were written"
+        if _sha256(path) != want["sha256"]:
+            return f"{name} differs from what was written (sha256)"
+    return None
+
+
+def _pointed(run_id: str) -> Path | None:
+    """The checkpoint the ``latest`` pointer names, if the pointer reads and names a folder."""
+    try:
+        name = (folder_of(run_id) / LATEST).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    path = folder_of(run_id) / name
+    return path if name.startswith("step-") and path.is_dir() else None
+
+
+def newest_intact(run_id: str) -> tuple[Path | None, list[str]]:
+    """(the newest checkpoint whose files match its manifest, or None; ``step-N: what is
+    wrong`` for each newer one found damaged). The pointer's checkpoint comes first, then the
+    others newest first (a damaged pointer is passed over)."""
+    pointed = _pointed(run_id)
+    newest_first = sorted(folder_of(run_id).glob("step-*"), key=step_of, reverse=True)
+    damaged = []
+    for path in ([pointed] if pointed else []) + [p for p in newest_first if p != pointed]:
+        wrong = damage(path)
+        if wrong is None:
+            return path, damaged
+        damaged.append(f"{path.name}: {wrong}")
+    return None, damaged
 
 
 def _weights_state(learner):
@@ -96,6 +162,7 @@ def save(run, step: int) -> Path:
         dcp.save(_weights_state(run.learner), checkpoint_id=tmp / "weights")
     if run.world.main:
         torch.save(run_state(run, step), tmp / "run.pt")
+        write_manifest(tmp)  # after dcp.save returned: every rank's shard is written
         final = folder / name
         shutil.rmtree(final, ignore_errors=True)
         os.rename(tmp, final)
@@ -143,6 +210,12 @@ def restore(run, path: Path) -> int:
             optim_state_dict=state["optim"],
         )
     saved = torch.load(path / "run.pt", weights_only=False)
+    pointed = _pointed(saved["run_id"])
+    if run.world.main and pointed is not None and pointed != path:
+        wrong = damage(pointed) or "not verified"
+        run.tracker.set_tags(
+            {"bench.resume_fallback": f"{pointed.name}: {wrong}; resumed from {path.name}"}
+        )
     learner = run.learner
     learner.sched.load_state_dict(saved["sched"])
     learner.mb_gen.set_state(saved["mb_gen"])

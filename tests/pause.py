@@ -15,7 +15,7 @@ from pathlib import Path
 import bench.loop as loop
 
 
-def _pause_at(name: str, step: int) -> None:
+def pause_at(name: str, step: int) -> None:
     draw, log, after = loop.draw, loop.log, loop.after_step
     at = {"step": 0}
 
@@ -56,7 +56,7 @@ def stopped(pid: int, timeout: float = 300) -> None:
 
 if __name__ == "__main__":
     event, _, step = sys.argv[1].partition("@")
-    _pause_at(event, int(step))
+    pause_at(event, int(step))
     sys.argv = ["bench", *sys.argv[2:]]
     from bench.app.cli import main
 

@@ -21,6 +21,7 @@ from algorithms import ALGORITHMS
 from bench.app.launch import torchrun
 from bench.tracking import client
 from tests.helpers import CLOCK, bench, histories
+from tests.pause import stopped
 
 WORKER = str(Path(__file__).with_name("distributed_worker.py"))
 COMMON = "model.num_layers=2,sampling.k=4"
@@ -236,38 +237,47 @@ def _rank_pid(parent: int, rank: int, timeout: float = 60) -> int:
 @pytest.mark.slow
 def test_a_sharded_run_whose_rank_is_killed_resumes_exactly_from_its_sharded_checkpoint(tmp_path):
     """fsdp on 2 processes, a checkpoint every 2 steps (torch.distributed.checkpoint: each rank
-    writes its shard): rank 1 killed with SIGKILL after a checkpoint, the launcher exits
-    non-zero in one line, ``--resume --nproc 2`` finishes the run, whose history equals the
-    uninterrupted 2-process run's bitwise, each step once."""
+    writes its shard): rank 1 stops itself right after the checkpoint of step 4 and is killed
+    with SIGKILL, the launcher exits non-zero in one line; rank 1's shard of that checkpoint is
+    then damaged, and ``--resume --nproc 2`` falls back to the checkpoint of step 2 and finishes
+    the run, whose history equals the uninterrupted 2-process run's bitwise, each step once."""
     args = [
         "smoke",
         "train.sharding=fsdp",
-        "train.steps=5",
+        "train.steps=6",
         "train.checkpoint_every=2",
         "eval.max_prompts=8",
         "--nproc",
         "2",
     ]
     assert bench("run", *args, "run_name=whole", results=tmp_path).returncode == 0
-    proc = bench("run", *args, "run_name=cut", results=tmp_path, wait=False)
+    pause = {"BENCH_TEST_PAUSE": "checkpointed@4", "BENCH_TEST_PAUSE_RANK": "1"}
+    root = Path(__file__).parents[1]
+    pause["PYTHONPATH"] = f"{root / 'tests' / 'sitecustom'}:{root}"
+    proc = bench("run", *args, "run_name=cut", results=tmp_path, wait=False, env=os.environ | pause)
     rank1 = _rank_pid(proc.pid, 1)
-    start = time.time()
-    while not list((tmp_path / "checkpoints").glob("*/latest")):
-        assert proc.poll() is None and time.time() - start < 120
-        time.sleep(0.05)
+    stopped(rank1)
     os.kill(rank1, 9)
-    out, err = proc.communicate(timeout=60)
+    out, err = proc.communicate(timeout=120)
     assert proc.returncode == 1 and "error: rank 1 of 2 failed" in (out + err).splitlines()[-1]
-    shards = list((tmp_path / "checkpoints").glob("*/step-*/weights/*.distcp"))
-    assert len(shards) == 2  # one file per rank
+    (folder,) = (tmp_path / "checkpoints").glob("*/step-000004")
+    shards = sorted(p.name for p in (folder / "weights").glob("*.distcp"))
+    assert shards == ["__0_0.distcp", "__1_0.distcp"]  # one file per rank
+    _truncate(folder / "weights" / "__1_0.distcp")
     resumed = bench("run", *args, "run_name=cut", "--resume", results=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "warning: checkpoint step-000004: weights/__1_0.distcp has" in resumed.stderr
     c = client(f"sqlite:///{tmp_path}/mlflow.db")
     runs = {
         r.info.run_name: r for r in c.search_runs([c.get_experiment_by_name("smoke").experiment_id])
     }
     assert runs["cut"].info.status == "FINISHED"
+    assert runs["cut"].data.tags["bench.resumed_from_step"] == "2"
     assert histories(c, runs["cut"]) == histories(c, runs["whole"])
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
 @pytest.mark.slow

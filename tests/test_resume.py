@@ -190,3 +190,66 @@ def test_compare_resumes_an_interrupted_run_from_its_checkpoint(tmp_path):
     assert int(runs[0].data.tags["bench.resumed_from_step"]) >= 2
     steps = [m.step for m in c.get_metric_history(runs[0].info.run_id, "train/loss")]
     assert sorted(steps) == list(range(1, 9))  # no gap, no duplicate
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _random_bytes(path: Path) -> None:  # the same size: only the checksum can tell
+    data = bytearray(path.read_bytes())
+    data[100:120] = random.Random(0).randbytes(20)
+    path.write_bytes(bytes(data))
+
+
+DAMAGE = {
+    "truncated run.pt": lambda step: _truncate(step / "run.pt"),
+    "random bytes in the weights": lambda step: _random_bytes(
+        max((step / "weights").glob("*.distcp"), key=lambda p: p.stat().st_size)
+    ),
+    "a missing file": lambda step: (step / "weights" / ".metadata").unlink(),
+}
+
+
+def _cut_at_checkpoint_4(results: Path, args: list[str]) -> Path:
+    """A run killed (SIGKILL) right after its checkpoint of step 4: its checkpoint folder."""
+    proc = paused_bench("checkpointed@4", "run", *args, results=results)
+    stopped(proc.pid)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    runs = [r for r in _runs(results).values() if r.info.run_name == args[-1].split("=")[1]]
+    return results / "checkpoints" / runs[0].info.run_id
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", list(DAMAGE))
+def test_a_damaged_newest_checkpoint_falls_back_to_the_older_one(tmp_path, how):
+    args = [*BASE, "algorithm=grpo"]
+    assert bench("run", *args, "run_name=whole", results=tmp_path).returncode == 0
+    folder = _cut_at_checkpoint_4(tmp_path, [*args, "run_name=cut"])
+    assert sorted(p.name for p in folder.glob("step-*")) == ["step-000002", "step-000004"]
+    DAMAGE[how](folder / "step-000004")
+    resumed = bench("run", *args, "run_name=cut", "--resume", results=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    (warning,) = [line for line in resumed.stderr.splitlines() if line.startswith("warning:")]
+    assert warning.startswith("warning: checkpoint step-000004: ")
+    assert warning.endswith("falling back to step-000002")
+    run = _runs(tmp_path)["cut"]
+    assert run.data.tags["bench.resumed_from_step"] == "2"
+    assert run.data.tags["bench.resume_fallback"].endswith("resumed from step-000002")
+    _assert_same_run(tmp_path, "whole", "cut")
+
+
+@pytest.mark.slow
+def test_every_checkpoint_damaged_is_one_line_naming_the_folder(tmp_path):
+    args = [*BASE, "algorithm=grpo", "run_name=cut"]
+    folder = _cut_at_checkpoint_4(tmp_path, args)
+    for step in folder.glob("step-*"):
+        _truncate(step / "run.pt")
+    (folder / "latest").write_bytes(b"\xff\x00garbage")  # the pointer too
+    resumed = bench("run", *args, "--resume", results=tmp_path)
+    assert resumed.returncode == 2 and "Traceback" not in resumed.stderr
+    (line,) = resumed.stderr.strip().splitlines()
+    assert line.startswith(f"error: --resume: every checkpoint of run {folder.name} is damaged")
+    assert "step-000004: run.pt has" in line and "step-000002: run.pt has" in line
+    assert line.endswith(f"they are in {folder}")

@@ -3,6 +3,8 @@ silently by ``bench compare`` and ``bench sweep`` for runs that were interrupted
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 from bench import checkpoint
@@ -36,6 +38,23 @@ def _unfinished(cfg: RunConfig, uri: str) -> list:
     return [r for r in found if checkpoint.latest(r.info.run_id) is not None]
 
 
+def intact(run_id: str) -> Path:
+    """The newest checkpoint of ``run_id`` whose files match their checksums; one line on
+    stderr for each newer one that does not, and one-line error when none does."""
+    path, damaged = checkpoint.newest_intact(run_id)
+    if path is None:
+        raise BenchError(
+            f"--resume: every checkpoint of run {run_id} is damaged ({'; '.join(damaged)}); "
+            f"they are in {checkpoint.folder_of(run_id)}"
+        )
+    if damaged and os.environ.get("RANK", "0") == "0":
+        print(
+            f"warning: checkpoint {'; '.join(damaged)}: falling back to {path.name}",
+            file=sys.stderr,
+        )
+    return path
+
+
 def changes(cfg: RunConfig, run) -> list[str]:
     """``key: old -> new`` for every computed setting that differs from the run's params."""
     now = {k: str(v) for k, v in flatten(cfg).items()}
@@ -67,13 +86,12 @@ def checkpoint_to_resume(cfg: RunConfig, tracking_uri: str | None, run_id: str |
             raise BenchError(f"--resume {run_id}: no such run in {uri}") from None
         if run.info.status == "FINISHED":
             raise BenchError(f"--resume {run_id}: the run finished; nothing to resume")
-        path = checkpoint.latest(run_id)
-        if path is None:
+        if checkpoint.latest(run_id) is None:
             raise BenchError(
                 f"--resume {run_id}: the run has no checkpoint (it ran with train.checkpoint_every=0)"
             )
         _same_config(cfg, run)
-        return path
+        return intact(run_id)
     runs = _unfinished(cfg, uri)
     if not runs:
         raise BenchError(
@@ -81,7 +99,7 @@ def checkpoint_to_resume(cfg: RunConfig, tracking_uri: str | None, run_id: str |
             f"'{cfg.tracking.experiment}' (runs checkpoint with train.checkpoint_every=N)"
         )
     _same_config(cfg, runs[0])
-    return checkpoint.latest(runs[0].info.run_id)
+    return intact(runs[0].info.run_id)
 
 
 def interrupted(cfg: RunConfig, tracking_uri: str | None) -> Path | None:
@@ -89,5 +107,8 @@ def interrupted(cfg: RunConfig, tracking_uri: str | None) -> Path | None:
     uri = resolve_uri(tracking_uri or cfg.tracking.uri)
     for run in _unfinished(cfg, uri):
         if run.data.tags.get("bench.config") == config_hash(cfg):
-            return checkpoint.latest(run.info.run_id)
+            try:
+                return intact(run.info.run_id)
+            except BenchError as e:  # nothing to continue from: the run starts again
+                print(f"warning: {e}; {cfg.name} starts again", file=sys.stderr)
     return None
