@@ -58,14 +58,24 @@ class Spool:
     def due(self) -> bool:
         return self.active and time.time() >= self.next_try
 
-    def replay(self, client) -> int:
+    def replay(self, client, reject=None) -> int:
         """Send the spooled calls in order; returns how many were sent. Raises on the first
-        call that fails (the rest stay spooled)."""
+        call that fails (the rest stay spooled). A line that is not a call raises too, unless
+        ``reject(line_number, line, reason)`` takes it."""
         lines = self.path.read_text().splitlines()[1:]
-        done = first = self._sent()
+        done = self._sent()
+        sent = 0
         try:
             for i in range(done, len(lines)):
-                call(client, self.run_id, json.loads(lines[i]))
+                try:
+                    record = parse(lines[i])
+                except ValueError as e:
+                    if reject is None:
+                        raise
+                    reject(i + 2, lines[i], str(e))  # the file's line: after the header, from 1
+                else:
+                    call(client, self.run_id, record)
+                    sent += 1
                 done = i + 1
                 _write(self.sent_path, str(done))
         except Exception:
@@ -74,13 +84,48 @@ class Spool:
             raise
         self.path.unlink()
         self.sent_path.unlink(missing_ok=True)
-        return len(lines) - first
+        return sent
 
 
 def _write(path: Path, text: str) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+# each spooled call and the fields it needs: (name, type, length of each item or None)
+OPS = {
+    "log_batch": (("metrics", list, 4), ("params", list, 2), ("tags", list, 2)),
+    "log_text": (("text", str, None), ("name", str, None)),
+    "set_terminated": (("status", str, None),),
+    "update_run": (("status", str, None),),
+}
+
+
+def parse(line: str) -> dict:
+    """One spooled call, checked before it is sent; ValueError says what is wrong."""
+    try:
+        record = json.loads(line)
+    except ValueError as e:
+        raise ValueError(f"not JSON ({e.msg})") from None
+    if not isinstance(record, dict) or record.get("op") not in OPS:
+        raise ValueError(f"not a spooled call (an object with op one of {', '.join(OPS)})")
+    for name, kind, width in OPS[record["op"]]:
+        value = record.get(name, [] if kind is list else None)
+        items_ok = width is None or all(isinstance(x, list) and len(x) == width for x in value)
+        if not isinstance(value, kind) or not items_ok:
+            raise ValueError(f"{record['op']} with a bad or missing '{name}'")
+    return record
+
+
+def header(path: Path) -> dict:
+    """The first line of a spool file: where its calls go; ValueError if it is not one."""
+    try:
+        first = json.loads(path.read_text().splitlines()[0])
+        assert first["op"] == "header" and first["uri"] and first["run_id"]
+        return first
+    except (IndexError, ValueError, KeyError, TypeError, AssertionError):
+        raise ValueError("not a spool header (op header, uri, run_id)") from None
 
 
 def call(client, run_id: str, record: dict) -> None:
@@ -167,18 +212,31 @@ def healthy(uri: str) -> bool:
         return False
 
 
-def sync_all(on_progress=None) -> list[tuple[str, int, str | None]]:
-    """Replay every spool under the results folder: (run id, calls sent, error or None)."""
+def sync_all(on_progress=None) -> tuple[list[tuple[str, int, str | None]], list[str]]:
+    """Replay every spool under the results folder: ((run id, lines done, error or None) per
+    spool, ``FILE:LINE: reason`` per line that is not a call). A line that is not a call is
+    not sent: it goes to ``<run_id>.rejected`` beside the spool, and the good calls around it
+    are sent in order."""
     from bench.tracking import client
 
-    out = []
+    out, rejected = [], []
     for path in sorted(spool_dir().glob("*.jsonl")) if spool_dir().is_dir() else []:
-        header = json.loads(path.read_text().splitlines()[0])
-        spool = Spool(header["uri"], header["run_id"])
         try:
-            out.append((spool.run_id, spool.replay(client(header["uri"])), None))
+            head = header(path)
+        except ValueError as e:
+            out.append((path.stem, 0, f"{path}:1: {e}"))
+            continue
+        spool = Spool(head["uri"], head["run_id"])
+
+        def reject(number: int, line: str, reason: str, path=path, spool=spool) -> None:
+            rejected.append(f"{path}:{number}: {reason}")
+            with spool_dir().joinpath(f"{spool.run_id}.rejected").open("a") as f:
+                f.write(line + "\n")
+
+        try:
+            out.append((spool.run_id, spool.replay(client(head["uri"]), reject), None))
         except Exception as e:
             out.append((spool.run_id, 0, (str(e).strip().splitlines() or [""])[0][:200]))
         if on_progress:
             on_progress()
-    return out
+    return out, rejected

@@ -180,3 +180,55 @@ def test_bench_sync_sends_a_spool_once_in_order_and_resumes_a_cut_replay(tmp_pat
     assert not list(spool.iterdir())
     again = bench("sync", results=tmp_path)
     assert "nothing spooled" in again.stdout + again.stderr
+
+
+def test_bench_sync_names_each_line_that_is_not_a_call_and_sends_the_rest(tmp_path):
+    """Lines that are not spooled calls (not JSON, an unknown op, a call missing a field, a
+    metric of the wrong shape) are named by file and line, kept in ``<run_id>.rejected``, and
+    not sent; the good calls around them are sent in order; exit 1 with one error line. A file
+    whose first line is not a spool header is named and kept."""
+    import json
+
+    from bench.tracking import client
+    from tests.helpers import bench
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    os.environ["BENCH_RESULTS"] = str(tmp_path)
+    try:
+        c = client(uri)
+        run_id = c.create_run(c.create_experiment("spooled")).info.run_id
+    finally:
+        os.environ.pop("BENCH_RESULTS")
+    good = [{"op": "log_batch", "metrics": [["loss", float(s), 1000 + s, s]]} for s in range(3)]
+    bad = [
+        "{this is not json",
+        json.dumps({"op": "log_metric", "key": "loss"}),
+        json.dumps({"op": "log_text", "text": "no name"}),
+        json.dumps({"op": "log_batch", "metrics": [["loss", 1.0]]}),
+    ]
+    lines = [json.dumps({"op": "header", "uri": uri, "run_id": run_id})]
+    lines += [json.dumps(good[0]), bad[0], bad[1], json.dumps(good[1]), bad[2], bad[3]]
+    lines += [json.dumps(good[2]), json.dumps({"op": "set_terminated", "status": "FINISHED"})]
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    path = spool / f"{run_id}.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    done = bench("sync", results=tmp_path)
+    out = done.stdout + done.stderr
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: 4 spooled line(s) were not calls and were not sent")
+    for number, reason in [(3, "not JSON"), (4, "not a spooled call"), (6, "log_text with a bad")]:
+        assert f"{path}:{number}: {reason}" in out
+    assert f"{path}:7: log_batch with a bad or missing 'metrics'" in out
+    assert f"run {run_id}: 4 calls sent" in out
+    history = sorted((m.step, m.value) for m in c.get_metric_history(run_id, "loss"))
+    assert history == [(0, 0.0), (1, 1.0), (2, 2.0)]
+    assert c.get_run(run_id).info.status == "FINISHED"
+    assert (spool / f"{run_id}.rejected").read_text().splitlines() == bad
+    assert not path.exists()
+    (spool / "stray.jsonl").write_text("not a header\n")
+    stray = bench("sync", results=tmp_path)
+    assert stray.returncode == 1
+    assert f"{spool / 'stray.jsonl'}:1: not a spool header" in stray.stdout + stray.stderr
+    assert (spool / "stray.jsonl").exists()  # kept

@@ -526,16 +526,23 @@ def sync():
     from bench.core.errors import RunFailed
     from bench.spool import sync_all
 
-    done = sync_all()
+    done, rejected = sync_all()
     if not done:
         console.print("nothing spooled: every run's calls reached its tracking server")
         return
+    for where in rejected:
+        console.print(escape(f"{where}: not sent"), highlight=False)
     for run_id, n, err in done:
         line = f"run {run_id}: {n} calls sent" if err is None else f"run {run_id}: not sent ({err})"
         console.print(escape(line), highlight=False)
     failed = [r for r, _, err in done if err]
     if failed:
         raise RunFailed(f"{len(failed)} spooled run(s) could not be sent; run bench sync again")
+    if rejected:
+        raise RunFailed(
+            f"{len(rejected)} spooled line(s) were not calls and were not sent (listed above; "
+            "kept in results/spool/*.rejected); every other call was sent"
+        )
 
 
 def main() -> None:
