@@ -110,3 +110,19 @@ def test_compare_skips_finished_configurations_unless_rerun(tmp_path):
     assert len(statuses(tmp_path)) == 1
     assert bench(*args, "--rerun", results=tmp_path).returncode == 0
     assert len(statuses(tmp_path)) == 2
+
+
+@pytest.mark.slow
+def test_two_compares_started_together_run_each_configuration_once(tmp_path):
+    """Each claims a configuration before running it (a lock the OS drops if it dies), leaves
+    the ones the other holds for later, then reports those once finished: 4 configurations,
+    4 FINISHED runs, and both reports use all 4."""
+    args = ["compare", "smoke", "--algorithms", "gvpo,grpo", "--seeds", "2", "--workers", "1"]
+    args += [*QUICK[:-1], "train.steps=3"]
+    procs = [bench(*args, results=tmp_path, wait=False) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-1000:] for _, err in outs]
+    assert sorted(statuses(tmp_path).values()) == ["FINISHED"] * 4
+    for out, err in outs:
+        assert "Runs: 4 finished" in out + err
+    assert any("taken by another process: waiting for them" in out + err for out, err in outs)

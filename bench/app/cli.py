@@ -221,7 +221,8 @@ def compare(
             )
         cfgs = todo
     where = _executor(executor, workers, nproc, ray_address, max_retries, tracking_uri)
-    outcomes = run_all(cfgs, workers, tracking_uri, nproc=_checked(cfgs, nproc), executor=where)
+    nproc = _checked(cfgs, nproc)
+    outcomes = run_all(cfgs, workers, tracking_uri, nproc=nproc, executor=where, rerun=rerun)
     report_and_exit(outcomes, cfg.tracking.experiment, tracking_uri, cfg.compare.algorithms[0])
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 
 from rich.markup import escape
@@ -58,19 +59,42 @@ def finished_configs(cfgs: list[RunConfig], tracking_uri: str | None) -> set[str
     return {r.data.tags.get("bench.config", "") for r in runs}
 
 
-def _run_one(cfg: RunConfig, tracking_uri: str | None, tags: dict | None, nproc: int = 1) -> dict:
-    """One run of a comparison or sweep; a run of this config that was interrupted after a
-    checkpoint is resumed from it, not started again."""
+CLAIMED = "claimed"  # what _run_one returns for a configuration another process is running
+
+
+def _run_one(
+    cfg: RunConfig,
+    tracking_uri: str | None,
+    tags: dict | None,
+    nproc: int = 1,
+    rerun: bool = False,
+    wait: bool = False,
+) -> dict:
+    """One run of a comparison or sweep, under the configuration's claim (bench/app/claim.py):
+    ``{CLAIMED: ...}`` when another process has it (``wait``: once it is done), the final
+    metrics of a FINISHED run of it when there is one (unless ``rerun``), else the run; a run
+    of this config that was interrupted after a checkpoint is resumed from it."""
+    from bench.app.claim import claim, finished, live_elsewhere
     from bench.app.resume import interrupted
 
-    resume = interrupted(cfg, tracking_uri)
-    if nproc > 1:
-        from bench.app.launch import run_config
+    with claim(cfg, wait) as mine:
+        if not mine:
+            return {CLAIMED: "another process on this machine is running it"}
+        while live_elsewhere(cfg, tracking_uri):
+            if not wait:
+                return {CLAIMED: "a run on another machine is running it"}
+            time.sleep(10)
+        done = None if rerun else finished(cfg, tracking_uri, tags)
+        if done is not None:
+            return done
+        resume = interrupted(cfg, tracking_uri)
+        if nproc > 1:
+            from bench.app.launch import run_config
 
-        return run_config(cfg, nproc, tracking_uri, tags or {}, resume)
-    from bench.loop import train
+            return run_config(cfg, nproc, tracking_uri, tags or {}, resume)
+        from bench.loop import train
 
-    return train(cfg, tracking_uri=tracking_uri, tags=tags, resume=resume)
+        return train(cfg, tracking_uri=tracking_uri, tags=tags, resume=resume)
 
 
 def run_all(
@@ -81,6 +105,7 @@ def run_all(
     *,
     nproc: int = 1,
     executor=None,
+    rerun: bool = False,
 ) -> list[Outcome]:
     """Warm-start once in this process (cache), then run every config on the executor."""
     from bench.models import load_policy
@@ -104,22 +129,31 @@ def run_all(
         for c, t in zip(cfgs, tags, strict=True)
     ]
     outcomes: list[Outcome | None] = [None] * len(cfgs)
+    executor = executor or LocalExecutor(workers)
+    jobs = [(c, tracking_uri, t, nproc, rerun, False) for c, t in zip(cfgs, tags, strict=True)]
     with bar() as progress:
         job = progress.add_task("runs", total=len(cfgs), info="")
-        for i, final, err in (executor or LocalExecutor(workers)).map(
-            _run_one, [(c, tracking_uri, t, nproc) for c, t in zip(cfgs, tags, strict=True)]
-        ):
-            outcomes[i] = Outcome(names[i], final, err)
-            if err:
-                console.print(
-                    f"[red]run {escape(names[i])} failed:[/red] {escape(err.splitlines()[0])}"
-                )
-            else:
-                acc = {k: v for k, v in final.items() if k.endswith("/accuracy")}
-                shown = ", ".join(f"{k} {v:.3f}" for k, v in acc.items())
-                console.print(
-                    f"done {escape(names[i])}: {shown} ({final['perf/wall_s']:.0f} s)",
-                    highlight=False,
-                )
-            progress.update(job, advance=1, info=escape(names[i]))
+        claimed = []  # indices of the runs another process has: waited for after the others
+        for i, final, err in executor.map(_run_one, jobs):
+            if final is not None and CLAIMED in final:
+                claimed.append(i)
+                continue
+            _done(outcomes, progress, job, i, names[i], final, err)
+        if claimed:
+            console.print(f"{len(claimed)} run(s) taken by another process: waiting for them")
+        for j, final, err in executor.map(_run_one, [(*jobs[i][:5], True) for i in claimed]):
+            _done(outcomes, progress, job, claimed[j], names[claimed[j]], final, err)
     return [o for o in outcomes if o is not None]
+
+
+def _done(outcomes, progress, job, i: int, name: str, final: dict | None, err: str | None) -> None:
+    """Record and print one finished run of ``run_all``, and advance its progress bar."""
+    outcomes[i] = Outcome(name, final, err)
+    if err:
+        console.print(f"[red]run {escape(name)} failed:[/red] {escape(err.splitlines()[0])}")
+    else:
+        acc = {k: v for k, v in final.items() if k.endswith("/accuracy")}
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in acc.items())
+        wall = final.get("perf/wall_s", 0.0)
+        console.print(f"done {escape(name)}: {shown} ({wall:.0f} s)", highlight=False)
+    progress.update(job, advance=1, info=escape(name))
