@@ -27,8 +27,8 @@ def test_four_runs_started_together_on_a_fresh_folder_all_finish(repeat, tmp_pat
     procs = [
         bench("run", "smoke", f"seed={s}", *QUICK, results=tmp_path, wait=False) for s in range(4)
     ]
-    codes = [p.wait(timeout=300) for p in procs]
-    assert codes == [0, 0, 0, 0], [p.stderr.read()[-500:] for p in procs]
+    outs = [p.communicate(timeout=300) for p in procs]  # wait() could block on a full pipe
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], [err[-500:] for _, err in outs]
     assert sorted(statuses(tmp_path).values()) == ["FINISHED"] * 4
     assert bench("report", "smoke", results=tmp_path).returncode == 0  # the store reads
 
@@ -62,7 +62,8 @@ def test_a_killed_run_is_reported_killed_and_counted(sig, tmp_path):
     proc = bench("run", "smoke", *long, results=tmp_path, wait=False)
     wait_for_training(proc, tmp_path)
     proc.send_signal(sig)
-    code = proc.wait(timeout=60)
+    proc.communicate(timeout=60)  # reads the pipes: wait() could block on a full one
+    code = proc.returncode
     assert code == (-9 if sig == signal.SIGKILL else 143)
     out = bench("report", "smoke", results=tmp_path)  # opening the store reaps the dead run
     assert out.returncode == 0, out.stderr
@@ -90,7 +91,8 @@ def test_ctrl_c_on_a_comparison_stops_it_and_no_queued_run_starts(tmp_path):
     wait_for_training(proc, tmp_path, timeout=180)
     proc.send_signal(signal.SIGINT)
     # the workers get 5 s after SIGTERM, then SIGKILL: a hang would outlast the timeout
-    assert proc.wait(timeout=60) == 130
+    proc.communicate(timeout=60)  # reads the pipes: wait() could block on a full one
+    assert proc.returncode == 130
     runs = statuses(tmp_path)
     assert 1 <= len(runs) <= 2 and set(runs.values()) == {"KILLED"}, runs  # those in flight
     deadline = time.time() + 60
