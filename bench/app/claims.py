@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from bench.config import RunConfig, config_hash, load_config
+from reports.preregistration import BETAS
 
 SOURCES = ["policy", "reference", "uniform", "mixture"]
 EXPERIMENT = "claims"
@@ -30,11 +31,20 @@ class Experiment:
     cfgs: list[RunConfig] = field(default_factory=list)
 
 
-def experiments(seeds: int, scale: str) -> list[Experiment]:
-    """The five experiments; ``scale="smoke"``: a few steps each (tests, a quick look)."""
-    seed_list = [f"seed={s}" for s in range(seeds)]
+def seeds_of(name: str, seeds: int | None) -> list[str]:
+    """``seed=s`` overrides: ``seeds`` of them, or the claim's pre-registered count
+    (reports/preregistration.py; 5 for the bandit's threshold rule)."""
+    from reports.preregistration import PLANS
+
+    n = seeds or (PLANS[name].seeds if name in PLANS else 5)
+    return [f"seed={s}" for s in range(n)]
+
+
+def experiments(seeds: int | None, scale: str) -> list[Experiment]:
+    """The five experiments, each at its pre-registered seed count unless ``seeds`` is given;
+    ``scale="smoke"``: a few steps each (tests, a quick look)."""
     smoke = scale == "smoke"
-    many = seed_list if smoke else [f"seed={s}" for s in range(max(seeds, 8))]
+    seed_list = seeds_of("optimum", seeds)
     arith, bandit_steps = ("smoke", ["train.steps=20"]) if smoke else ("arithmetic", [])
     algos = ["gvpo", "grpo"] if smoke else ["gvpo", "grpo", "dr_grpo", "dpo", "ppo"]
     return [
@@ -44,19 +54,19 @@ def experiments(seeds: int, scale: str) -> list[Experiment]:
         ),
         Experiment(
             "offpolicy", "offpolicy" if scale == "full" else arith, ["train.prompt_pool=40"] if scale == "smoke" else [],
-            [[f"algorithm={a}", f"sampling.replay_ratio={r}", x] for a in ("gvpo", "grpo") for r in (0, 0.25, 0.5) for x in seed_list], 22.0,
+            [[f"algorithm={a}", f"sampling.replay_ratio={r}", x] for a in ("gvpo", "grpo") for r in (0, 0.25, 0.5) for x in seeds_of("offpolicy", seeds)], 22.0,
         ),
         Experiment(
             "beta", arith, ["algorithm=gvpo"],
-            [[f"algorithms.gvpo.beta={b}", x] for b in (0.02, 0.05, 0.1, 0.2, 0.5) for x in seed_list], 22.0,
+            [[f"algorithms.gvpo.beta={b}", x] for b in BETAS for x in seeds_of("beta", seeds)], 22.0,
         ),
         Experiment(
             "k", arith, ["algorithm=gvpo"],
-            [[f"sampling.k={k}", f"train.prompts_per_step={p}", x] for k, p in k_budgets(scale) for x in seed_list], 22.0,
+            [[f"sampling.k={k}", f"train.prompts_per_step={p}", x] for k, p in k_budgets(scale) for x in seeds_of("k", seeds)], 22.0,
         ),
         Experiment(
             "seeds", arith, [],
-            [[f"algorithm={a}", x] for a in ("gvpo", "grpo", "dr_grpo") for x in many], 22.0,
+            [[f"algorithm={a}", x] for a in ("gvpo", "grpo", "dr_grpo") for x in seeds_of("seeds", seeds)], 22.0,
         ),
     ]  # fmt: skip
 
@@ -151,13 +161,15 @@ def verdicts(frames: dict[str, pd.DataFrame]) -> list:
     from reports import claims as judge
 
     tv = frames["optimum"]
-    return [
-        judge.unique_optimum(tv),
-        judge.off_policy(tv, frames["offpolicy"]),
-        judge.beta_insensitivity(frames["beta"]),
-        judge.k_scaling(frames["k"]),
-        judge.seed_variance(frames["seeds"]),
-    ]
+    return judge.decide(
+        [
+            judge.unique_optimum(tv),
+            judge.off_policy(tv, frames["offpolicy"]),
+            judge.beta_insensitivity(frames["beta"]),
+            judge.k_scaling(frames["k"]),
+            judge.seed_variance(frames["seeds"]),
+        ]
+    )
 
 
 def run_claims(
@@ -196,7 +208,7 @@ def run_claims(
     )
     found = verdicts(finals(exps, tracking_uri))
     provenance = (
-        f"{time.strftime('%Y-%m-%d')}, `bench claims --seeds {seeds} --scale {scale}`, {cpu_model()}, "
+        f"{time.strftime('%Y-%m-%d')}, `bench claims{f' --seeds {seeds}' if seeds else ''} --scale {scale}`, {cpu_model()}, "
         f"{len(todo)} runs in {(time.time() - start) / 60:.1f} min"
     )
     path = write_report(found, results_dir() / "reports" / "claims", provenance)

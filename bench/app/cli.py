@@ -332,8 +332,12 @@ def theory(
 @user_errors
 def claims(
     seeds: Annotated[
-        int, typer.Option(min=2, help="seeds per setting (the seed-variance claim uses at least 8)")
-    ] = 5,
+        int | None,
+        typer.Option(
+            min=2,
+            help="seeds per setting for every claim (default: each claim's pre-registered count)",
+        ),
+    ] = None,
     workers: Annotated[int, typer.Option(min=1, help="parallel runs (local processes)")] = 2,
     scale: Annotated[
         str, typer.Option(help="full (the CPU comparison) or smoke (a few steps: a quick check)")
