@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import contextlib  # noqa: E402
+import functools  # noqa: E402
 import importlib.util  # noqa: E402
 import sys  # noqa: E402
 import types  # noqa: E402
@@ -60,13 +61,28 @@ def numpy_seed(seed: int):
         np.random.set_state(state)
 
 
+@functools.cache
+def percentile_coverage(n: int, sims: int = 1000, reps: int = 400, seed: int = 0) -> float:
+    """How often a 95% percentile-bootstrap interval of a mean of ``n`` runs covers the true
+    mean (simulated, normal scores): well below 95% with few runs (0.76 at 3, 0.84 at 5)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 1, (sims, n))
+    idx = rng.integers(0, n, (sims, reps, n))
+    means = np.take_along_axis(np.repeat(x[:, None, :], reps, 1), idx, 2).mean(-1)
+    lo, hi = np.percentile(means, [2.5, 97.5], axis=1)
+    return float(((lo <= 0) & (hi >= 0)).mean())
+
+
 def score_matrices(finals: pd.DataFrame) -> dict[str, np.ndarray]:
-    """{algorithm: [seeds x tasks]} from rows (algorithm, task, seed, value); seeds that some
-    task lacks are dropped, so every matrix is rectangular."""
+    """{algorithm: [seeds x tasks]} from rows (algorithm, task, seed, value), the columns the
+    same tasks in the same order for every algorithm (the tasks every algorithm has, by name:
+    probability of improvement compares column with column); seeds that some task lacks are
+    dropped, so every matrix is rectangular."""
+    tasks = sorted(set.intersection(*(set(r["task"]) for _, r in finals.groupby("algorithm"))))
     out = {}
     for algo, rows in finals.groupby("algorithm"):
-        wide = rows.pivot_table(index="seed", columns="task", values="value").dropna()
-        out[str(algo)] = wide.sort_index(axis=1).to_numpy()
+        wide = rows.pivot_table(index="seed", columns="task", values="value")
+        out[str(algo)] = wide.reindex(columns=tasks).dropna().to_numpy()
     return out
 
 
@@ -81,6 +97,8 @@ def aggregate_table(scores: dict[str, np.ndarray], seed: int = 0) -> pd.DataFram
     rows = []
     for algo in scores:
         (iqm, mean), ci = point[algo], interval[algo]
+        if reps_for(scores) == 1:  # one run per cell: no interval to give ("-")
+            ci = np.full((2, 2), np.nan)
         rows.append(
             {
                 "algorithm": algo,
@@ -106,6 +124,8 @@ def improvement_table(scores: dict[str, np.ndarray], seed: int = 0) -> pd.DataFr
     rows = []
     for key in pairs:
         x, y = key.split(",")
+        if reps_for(scores) == 1:  # one run per cell: no interval to give ("-")
+            interval[key] = np.full(2, np.nan)
         rows.append(
             {
                 "X": x,
@@ -118,12 +138,15 @@ def improvement_table(scores: dict[str, np.ndarray], seed: int = 0) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
-def profiles_figure(scores: dict[str, np.ndarray], title: str, aggregates: pd.DataFrame):
+def profiles_figure(
+    scores: dict[str, np.ndarray], title: str, aggregates: pd.DataFrame, seed: int = 0
+):
     """Performance profiles (share of runs above tau) beside the IQM intervals."""
     lo = min(s.min() for s in scores.values())
     hi = max(s.max() for s in scores.values())
     taus = np.linspace(lo, hi, 101)
-    profiles, cis = rly.create_performance_profile(scores, taus, reps=reps_for(scores))
+    with numpy_seed(seed):
+        profiles, cis = rly.create_performance_profile(scores, taus, reps=reps_for(scores))
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=120)
     for algo, prof in profiles.items():
         (line,) = left.plot(taus, prof, label=algo)

@@ -8,8 +8,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from reports.aggregates import aggregate_table, improvement_table, profiles_figure, score_matrices
-from reports.statistics import compare_pair
+from reports.aggregates import (
+    aggregate_table,
+    improvement_table,
+    percentile_coverage,
+    profiles_figure,
+    score_matrices,
+)
+from reports.claim_tests import format_p, holm
+from reports.statistics import compare_pair, sign_flip_verdict
 from reports.summary import final_values
 from reports.tables import md_table
 
@@ -47,7 +54,41 @@ def paired_table(
                 continue
             stats = compare_pair(both[ref].to_numpy(), both[other].to_numpy(), target=target)
             rows.append({"task": task, "comparison": f"{ref} - {other}", **stats})
-    return pd.DataFrame(rows)
+    return with_holm(pd.DataFrame(rows))
+
+
+def with_holm(paired: pd.DataFrame) -> pd.DataFrame:
+    """Holm-adjusted p-values across every comparison of the report (all pairs and tasks), and
+    the verdicts from the adjusted sign-flip p."""
+    if paired.empty:
+        return paired
+    paired = paired.copy()
+    paired["p_sign_flip_holm"] = holm(list(paired["p_sign_flip"]))
+    paired["t_p_holm"] = holm(list(paired["t_p"]))
+    paired["verdict"] = [
+        sign_flip_verdict(p, n)
+        for p, n in zip(paired["p_sign_flip_holm"], paired["n_seeds"], strict=True)
+    ]
+    return paired
+
+
+P_COLUMNS = ("p_sign_flip", "p_sign_flip_holm", "smallest_p", "t_p", "t_p_holm")
+
+
+def printable(paired: pd.DataFrame) -> pd.DataFrame:
+    """p-values as numbers people read (``2.4e-05``, ``0.0625``), not ``0.000``."""
+    return paired.assign(**{c: paired[c].map(format_p) for c in P_COLUMNS if c in paired})
+
+
+def coverage_note(scores: dict) -> str:
+    """What the bootstrap intervals really cover with the runs at hand."""
+    runs = min(m.shape[0] for m in scores.values())
+    if runs < 2:
+        return "One run per algorithm and task: no interval (shown as -)."
+    return (
+        f"With {runs} runs per task such an interval covers the true mean in about "
+        f"{percentile_coverage(runs):.0%} of cases, not 95% (simulated, normal scores)."
+    )
 
 
 @dataclass
@@ -73,12 +114,14 @@ def comparison_section(
     lines = [
         "## Paired differences in final accuracy (by seed)",
         "",
-        "Exact sign-flip permutation test (all 2^n sign patterns) and paired t-interval. With n",
-        "seeds the smallest two-sided p the sign-flip test can give is 2/2^n (0.25 for 3 seeds), so",
-        "fewer than 6 seeds cannot separate two algorithms at 0.05, whatever the data.",
-        "`seeds_for_observed`: paired seeds for 80% power at the observed difference and spread.",
+        "Exact sign-flip permutation test (all 2^n sign patterns) and paired t-test. With n seeds",
+        "the smallest two-sided p the sign-flip test can give is 2/2^n (0.25 for 3 seeds): with",
+        "fewer than 6 seeds that test cannot reach 0.05 (the t-test can, if the differences are",
+        "near normal). `_holm`: p adjusted by Holm across every comparison of this report; the",
+        "verdict uses the adjusted sign-flip p. `seeds_for_observed`: paired seeds for 80% power",
+        "of the t-test at the observed difference and spread (noisy with few seeds).",
         "",
-        md_table(paired)
+        md_table(printable(paired))
         if not paired.empty
         else "(needs at least two algorithms with 2+ common seeds)",
         "",
@@ -97,8 +140,9 @@ def comparison_section(
             lines += [
                 "## Aggregates across tasks x seeds (rliable)",
                 "",
-                "IQM and mean with 95% stratified bootstrap intervals, and the probability that a",
-                "run of X beats a run of Y (Agarwal et al. 2021; computed with the rliable package).",
+                "IQM and mean with 95% stratified bootstrap (percentile) intervals, and the",
+                "probability that a run of X beats a run of Y (Agarwal et al. 2021; computed with",
+                f"the rliable package). {coverage_note(scores)}",
                 "",
                 md_table(result.aggregates),
                 "",

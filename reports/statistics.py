@@ -87,6 +87,20 @@ def seeds_needed(
     return None
 
 
+def sign_flip_verdict(p: float, n: int, alpha: float = 0.05) -> str:
+    """What the sign-flip test says of one difference (``p`` raw or Holm-adjusted)."""
+    from reports.claim_tests import format_p
+
+    if smallest_p(n) > alpha:
+        return (
+            f"cannot be distinguished with {n} seeds by the sign-flip test (its smallest p is "
+            f"{format_p(smallest_p(n))}; see the t-test's p)"
+        )
+    if p < alpha:
+        return f"differ (sign-flip p = {format_p(p)})"
+    return f"no difference detected (sign-flip p = {format_p(p)})"
+
+
 def compare_pair(a, b, alpha: float = 0.05, target: float | None = None) -> dict:
     """Everything the report says about a - b paired by seed, with its verdict."""
     d = np.asarray(a, float) - np.asarray(b, float)
@@ -94,15 +108,7 @@ def compare_pair(a, b, alpha: float = 0.05, target: float | None = None) -> dict
     p = sign_flip_test(d)
     sd = float(d.std(ddof=1)) if n > 1 else math.nan
     row = {"n_seeds": n, **paired_t(d), "p_sign_flip": p, "smallest_p": smallest_p(n)}
-    if smallest_p(n) > alpha:
-        verdict = (
-            f"cannot be distinguished with {n} seeds (smallest attainable p = {smallest_p(n):.3g})"
-        )
-    elif p < alpha:
-        verdict = f"differ (sign-flip p = {p:.3g})"
-    else:
-        verdict = f"no difference detected (sign-flip p = {p:.3g})"
-    row["verdict"] = verdict
+    row["verdict"] = sign_flip_verdict(p, n, alpha)
     row["seeds_for_observed"] = seeds_needed(row["mean_diff"], sd, alpha)
     if target is not None:
         row["seeds_for_target"] = seeds_needed(target, sd, alpha)

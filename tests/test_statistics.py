@@ -135,8 +135,8 @@ def test_rliable_tables_match_rliable_called_directly():
 
 
 def test_one_run_per_task_gives_rliables_intervals_with_one_replication():
-    """A stratified bootstrap of one run per task redraws that run: 1 replication gives exactly
-    the tables of rliable's 2000 (the point, as both ends)."""
+    """A stratified bootstrap of one run per task redraws that run: rliable's 2000 replications
+    give the point as both ends, so the report computes 1 and shows no interval ("-")."""
     scores = {"x": np.array([[0.7, 0.2]]), "y": np.array([[0.4, 0.2]]), "z": np.array([[0.1, 0.9]])}
     assert reps_for(scores) == 1 and reps_for({**scores, "w": np.zeros((2, 2))}) == REPS
     table = aggregate_table(scores, seed=0).set_index("algorithm")
@@ -147,10 +147,67 @@ def test_one_run_per_task_gives_rliables_intervals_with_one_replication():
         reps=REPS,
     )
     for algo in scores:
-        assert table.loc[algo, ["IQM low", "IQM high"]].tolist() == [point[algo][0]] * 2
+        assert (
+            table.loc[algo, "IQM"] == point[algo][0] and table.loc[algo, "mean"] == point[algo][1]
+        )
         assert interval[algo][:, 0].tolist() == [point[algo][0]] * 2
-        assert table.loc[algo, ["mean low", "mean high"]].tolist() == interval[algo][:, 1].tolist()
+        assert interval[algo][:, 1].tolist() == [point[algo][1]] * 2
+        assert table.loc[algo, ["IQM low", "IQM high", "mean low", "mean high"]].isna().all()
     poi = improvement_table(scores, seed=0).set_index(["X", "Y"])
     for (x, y), row in poi.iterrows():
         p = metrics.probability_of_improvement(scores[x], scores[y])
-        assert row["P(X > Y)"] == row["low"] == row["high"] == p
+        assert row["P(X > Y)"] == p and np.isnan(row["low"]) and np.isnan(row["high"])
+
+
+def test_score_matrices_align_tasks_by_name():
+    """Rows in another order, and a task only one algorithm has: the columns are the shared
+    tasks in one order, so probability of improvement compares a task with itself."""
+    import pandas as pd
+
+    from reports.aggregates import score_matrices
+
+    finals = pd.DataFrame(
+        [
+            ("a", "t1", 0, 0.9), ("a", "t2", 0, 0.1), ("a", "t3", 0, 0.5),
+            ("b", "t2", 0, 0.2), ("b", "t1", 0, 0.8),
+        ],
+        columns=["algorithm", "task", "seed", "value"],
+    )  # fmt: skip
+    scores = score_matrices(finals)
+    assert scores["a"].tolist() == [[0.9, 0.1]] and scores["b"].tolist() == [[0.8, 0.2]]
+
+
+def test_one_run_per_cell_gives_no_interval():
+    import math
+
+    from reports.aggregates import aggregate_table
+
+    table = aggregate_table({"a": np.array([[0.5, 0.6]]), "b": np.array([[0.4, 0.7]])})
+    assert all(math.isnan(v) for v in table[["IQM low", "IQM high", "mean low"]].to_numpy().ravel())
+
+
+def test_percentile_bootstrap_coverage_is_what_the_report_says():
+    from reports.aggregates import percentile_coverage
+
+    assert abs(percentile_coverage(3) - 0.76) < 0.04  # not 95%
+    assert abs(percentile_coverage(8) - 0.89) < 0.03
+
+
+def test_the_report_adjusts_its_comparisons_by_holm():
+    import pandas as pd
+
+    from reports.comparison import paired_table, printable
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for task in ("t1", "t2", "t3"):
+        base = rng.normal(0.5, 0.05, 8)
+        for algo, shift in (("a", 0.0), ("b", 0.01 if task == "t1" else 0.0)):
+            rows += [(algo, task, s, v + shift + rng.normal(0, 0.01)) for s, v in enumerate(base)]
+    paired = paired_table(pd.DataFrame(rows, columns=["algorithm", "task", "seed", "value"]), "a")
+    assert len(paired) == 3
+    raw, adjusted = paired["p_sign_flip"].to_numpy(), paired["p_sign_flip_holm"].to_numpy()
+    assert (adjusted >= raw).all() and adjusted.min() == min(1.0, 3 * raw.min())
+    for v, p in zip(paired["verdict"], adjusted, strict=True):
+        assert v.startswith("differ") == (p < 0.05)
+    assert all(s != "0.000" for s in printable(paired)["t_p"])
