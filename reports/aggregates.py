@@ -114,12 +114,24 @@ def aggregate_table(scores: dict[str, np.ndarray], seed: int = 0) -> pd.DataFram
     return pd.DataFrame(rows)
 
 
+def probability_of_improvement(scores_x: np.ndarray, scores_y: np.ndarray) -> float:
+    """rliable's ``metrics.probability_of_improvement`` without a Mann-Whitney call per task and
+    replication (it took ~35 s of a 15-run report): per task the share of run pairs with x > y,
+    ties counting half, which is the U statistic / (n_x n_y) it computes; 0.5 for a task whose
+    runs are the same (as rliable); averaged over tasks. Equal to rliable's (tested)."""
+    x, y = scores_x[:, None, :], scores_y[None, :, :]
+    per_task = ((x > y) + 0.5 * (x == y)).mean(axis=(0, 1))
+    same = [np.array_equal(scores_x[:, t], scores_y[:, t]) for t in range(scores_x.shape[1])]
+    return float(np.mean(np.where(same, 0.5, per_task)))
+
+
 def improvement_table(scores: dict[str, np.ndarray], seed: int = 0) -> pd.DataFrame:
-    """P(X > Y) for each ordered pair, with its 95% stratified bootstrap interval."""
+    """P(X > Y) for each ordered pair, with its 95% stratified bootstrap interval (rliable's
+    bootstrap, the metric above)."""
     pairs = {f"{x},{y}": (scores[x], scores[y]) for x in scores for y in scores if x != y}
     with numpy_seed(seed):
         point, interval = rly.get_interval_estimates(
-            pairs, metrics.probability_of_improvement, reps=reps_for(scores)
+            pairs, probability_of_improvement, reps=reps_for(scores)
         )
     rows = []
     for key in pairs:

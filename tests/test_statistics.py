@@ -211,3 +211,24 @@ def test_the_report_adjusts_its_comparisons_by_holm():
     for v, p in zip(paired["verdict"], adjusted, strict=True):
         assert v.startswith("differ") == (p < 0.05)
     assert all(s != "0.000" for s in printable(paired)["t_p"])
+
+
+def test_the_fast_probability_of_improvement_equals_rliables():
+    from reports.aggregates import improvement_table, numpy_seed, probability_of_improvement
+
+    rng = np.random.default_rng(0)
+    for n_x, n_y, tasks in ((3, 3, 1), (5, 3, 2), (4, 4, 3)):
+        x = rng.integers(0, 5, (n_x, tasks)) / 4  # ties, as accuracies have
+        y = rng.integers(0, 5, (n_y, tasks)) / 4
+        assert probability_of_improvement(x, y) == pytest.approx(
+            metrics.probability_of_improvement(x, y), abs=1e-12
+        )
+        same = np.tile(x[:, :1], (1, tasks))
+        assert probability_of_improvement(same, same) == 0.5
+    scores = {"a": rng.normal(0.5, 0.05, (3, 2)), "b": rng.normal(0.52, 0.05, (3, 2))}
+    mine = improvement_table(scores, seed=1)
+    pairs = {"a,b": (scores["a"], scores["b"]), "b,a": (scores["b"], scores["a"])}
+    with numpy_seed(1):
+        _, theirs = rly.get_interval_estimates(pairs, metrics.probability_of_improvement, reps=REPS)
+    assert mine.loc[0, "low"] == pytest.approx(theirs["a,b"][0], abs=1e-12)
+    assert mine.loc[1, "high"] == pytest.approx(theirs["b,a"][1], abs=1e-12)
