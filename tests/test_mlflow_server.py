@@ -143,6 +143,19 @@ def test_a_server_outage_longer_than_the_retry_window_loses_nothing(tmp_path):
         stop_server(proc)
 
 
+def spooled_run(tmp_path):
+    """(store URI, its client, a run id): the run a spool in ``tmp_path/spool`` belongs to."""
+    from bench.tracking import client
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    os.environ["BENCH_RESULTS"] = str(tmp_path)
+    try:
+        c = client(uri)
+        return uri, c, c.create_run(c.create_experiment("spooled")).info.run_id
+    finally:
+        os.environ.pop("BENCH_RESULTS")
+
+
 def test_bench_sync_sends_a_spool_once_in_order_and_resumes_a_cut_replay(tmp_path):
     """A spool as a run leaves it (header, then calls): ``bench sync`` sends the calls not sent
     yet (``.sent`` says 2 were, before a replay was cut), in order, then removes the spool; a
@@ -150,16 +163,9 @@ def test_bench_sync_sends_a_spool_once_in_order_and_resumes_a_cut_replay(tmp_pat
     ignores an exact duplicate); a second ``bench sync`` has nothing to do."""
     import json
 
-    from bench.tracking import client
     from tests.helpers import bench
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    os.environ["BENCH_RESULTS"] = str(tmp_path)
-    try:
-        c = client(uri)
-        run_id = c.create_run(c.create_experiment("spooled")).info.run_id
-    finally:
-        os.environ.pop("BENCH_RESULTS")
+    uri, c, run_id = spooled_run(tmp_path)
     calls = [{"op": "header", "uri": uri, "run_id": run_id}]
     calls += [{"op": "log_batch", "metrics": [["loss", float(s), 1000 + s, s]]} for s in range(5)]
     calls += [{"op": "log_text", "text": "done\n", "name": "note.txt"}]
@@ -190,16 +196,9 @@ def test_bench_sync_names_each_line_that_is_not_a_call_and_sends_the_rest(tmp_pa
     whose first line is not a spool header is named and kept."""
     import json
 
-    from bench.tracking import client
     from tests.helpers import bench
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    os.environ["BENCH_RESULTS"] = str(tmp_path)
-    try:
-        c = client(uri)
-        run_id = c.create_run(c.create_experiment("spooled")).info.run_id
-    finally:
-        os.environ.pop("BENCH_RESULTS")
+    uri, c, run_id = spooled_run(tmp_path)
     good = [{"op": "log_batch", "metrics": [["loss", float(s), 1000 + s, s]]} for s in range(3)]
     bad = [
         "{this is not json",
