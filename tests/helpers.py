@@ -85,7 +85,23 @@ def bench(*args, results, wait=True, timeout=300, env=None):
     cmd = [sys.executable, "-m", "bench.app.cli", *args]
     if wait:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=interruptible,
+    )
+
+
+def interruptible() -> None:
+    """Ctrl-C as a terminal delivers it: a shell's background job (make test-all &) starts its
+    children with SIGINT ignored, and Python then installs no KeyboardInterrupt handler; a test
+    that sends SIGINT gives its process the default disposition back."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 # wall-clock metrics differ between any two runs; every other metric of a deterministic run

@@ -2,6 +2,8 @@
 `bench` processes started together, killed with SIGKILL and SIGTERM, and interrupted with SIGINT.
 The non-finite guard is tested in test_nonfinite.py."""
 
+import contextlib
+import os
 import signal
 import time
 from pathlib import Path
@@ -88,18 +90,23 @@ def processes_of(results) -> list[int]:
 def test_ctrl_c_on_a_comparison_stops_it_and_no_queued_run_starts(tmp_path):
     args = ["compare", "smoke", "--algorithms", "gvpo,grpo,dr_grpo", "--seeds", "2", *QUICK[1:]]
     proc = bench(*args, "train.steps=100000", results=tmp_path, wait=False)
-    wait_for_training(proc, tmp_path, timeout=180)
-    proc.send_signal(signal.SIGINT)
-    # the workers get 5 s after SIGTERM, then SIGKILL: a hang would outlast the timeout
-    proc.communicate(timeout=60)  # reads the pipes: wait() could block on a full one
-    assert proc.returncode == 130
-    runs = statuses(tmp_path)
-    assert 1 <= len(runs) <= 2 and set(runs.values()) == {"KILLED"}, runs  # those in flight
-    deadline = time.time() + 60
-    while processes_of(tmp_path):  # no process of the comparison is left to start one
-        assert time.time() < deadline, processes_of(tmp_path)
-        time.sleep(0.2)
-    assert statuses(tmp_path) == runs  # no queued run (6 planned) started
+    try:
+        wait_for_training(proc, tmp_path, timeout=180)
+        proc.send_signal(signal.SIGINT)
+        # the workers get 5 s after SIGTERM, then SIGKILL: a hang would outlast the timeout
+        proc.communicate(timeout=60)  # reads the pipes: wait() could block on a full one
+        assert proc.returncode == 130
+        runs = statuses(tmp_path)
+        assert 1 <= len(runs) <= 2 and set(runs.values()) == {"KILLED"}, runs  # those in flight
+        deadline = time.time() + 60
+        while processes_of(tmp_path):  # no process of the comparison is left to start one
+            assert time.time() < deadline, processes_of(tmp_path)
+            time.sleep(0.2)
+        assert statuses(tmp_path) == runs  # no queued run (6 planned) started
+    finally:  # a failure leaves no 100000-step comparison running
+        for pid in processes_of(tmp_path):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.slow
