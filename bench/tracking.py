@@ -136,7 +136,7 @@ def _writable_folder(folder: Path) -> None:
         raise BenchError(f"the results folder {folder} is not writable (BENCH_RESULTS moves it)")
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -156,7 +156,12 @@ def reap_dead_runs(c) -> list[str]:
     for run in c.search_runs(exps, "attributes.status = 'RUNNING'", max_results=1000):
         tags = run.data.tags
         pid = tags.get("bench.pid")
-        if tags.get("bench.host") != host or not pid or not pid.isdigit() or _alive(int(pid)):
+        if (
+            tags.get("bench.host") != host
+            or not pid
+            or not pid.isdigit()
+            or process_alive(int(pid))
+        ):
             continue
         c.set_tag(run.info.run_id, "bench.end", f"process {pid} on {host} was gone")
         c.set_terminated(run.info.run_id, status="KILLED")

@@ -22,7 +22,7 @@ from filelock import FileLock, Timeout
 
 from bench.config import RunConfig, config_hash
 from bench.core.paths import results_dir
-from bench.tracking import client, resolve_uri
+from bench.tracking import client, process_alive, resolve_uri
 
 
 def stale_after_s() -> float:
@@ -68,21 +68,26 @@ def finished(cfg: RunConfig, tracking_uri: str | None, tags: dict | None = None)
 
 
 def live_elsewhere(cfg: RunConfig, tracking_uri: str | None) -> bool:
-    """A RUNNING run of this configuration on another host with a fresh heartbeat; one whose
-    heartbeat is stale is marked KILLED (it is taken over)."""
+    """A RUNNING run of this configuration by a live process: on this host, its pid is alive;
+    on another host, its heartbeat is fresh. A dead one (a pid gone here, a stale heartbeat
+    elsewhere) is marked KILLED: it is taken over (resumed from its checkpoint)."""
     host, now = socket.gethostname(), time.time()
     live = False
     for run in _runs(cfg, tracking_uri, "RUNNING"):
         tags = run.data.tags
-        if tags.get("bench.host") == host:  # this host's dead runs were reaped: it is alive
-            live = True
-            continue
-        beat = float(tags.get("bench.heartbeat", "0") or 0)
-        if now - beat < stale_after_s():
-            live = True
-            continue
+        pid = tags.get("bench.pid", "")
+        if tags.get("bench.host") == host:
+            if pid.isdigit() and process_alive(int(pid)):
+                live = True
+                continue
+            why = f"process {pid} on {host} was gone"
+        else:
+            beat = float(tags.get("bench.heartbeat", "0") or 0)
+            if now - beat < stale_after_s():
+                live = True
+                continue
+            why = f"no heartbeat for {now - beat:.0f} s: taken over by {host} pid {os.getpid()}"
         c = client(resolve_uri(tracking_uri or cfg.tracking.uri))
-        why = f"no heartbeat for {now - beat:.0f} s: taken over by {host} pid {os.getpid()}"
         c.set_tag(run.info.run_id, "bench.end", why)
         c.set_terminated(run.info.run_id, status="KILLED")
     return live
