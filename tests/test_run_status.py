@@ -96,13 +96,17 @@ def test_ctrl_c_on_a_comparison_stops_it_and_no_queued_run_starts(tmp_path):
         # the workers get 5 s after SIGTERM, then SIGKILL: a hang would outlast the timeout
         proc.communicate(timeout=60)  # reads the pipes: wait() could block on a full one
         assert proc.returncode == 130
-        runs = statuses(tmp_path)
-        assert 1 <= len(runs) <= 2 and set(runs.values()) == {"KILLED"}, runs  # those in flight
         deadline = time.time() + 60
         while processes_of(tmp_path):  # no process of the comparison is left to start one
             assert time.time() < deadline, processes_of(tmp_path)
             time.sleep(0.2)
-        assert statuses(tmp_path) == runs  # no queued run (6 planned) started
+        # a worker still there after the 5 s grace got SIGKILL: its run is marked KILLED by the
+        # next command that opens the store (this process opened it already: reap as it would)
+        from bench.tracking import client, reap_dead_runs
+
+        reap_dead_runs(client(f"sqlite:///{tmp_path / 'mlflow.db'}"))
+        runs = statuses(tmp_path)
+        assert 1 <= len(runs) <= 2 and set(runs.values()) == {"KILLED"}, runs  # those in flight
     finally:  # a failure leaves no 100000-step comparison running
         for pid in processes_of(tmp_path):
             with contextlib.suppress(ProcessLookupError):
