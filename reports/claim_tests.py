@@ -82,11 +82,8 @@ def tost(d, margin: float, alpha: float = 0.05) -> dict[str, float]:
     if not sd > 0:
         inside = abs(mean) < margin
         return {"mean": mean, "low": mean, "high": mean, "p": 0.0 if inside else 1.0}
-    se = sd / math.sqrt(n)
-    half = stats.t.ppf(1 - alpha, n - 1) * se
-    p_low = stats.t.sf((mean + margin) / se, n - 1)  # H1: mean > -margin
-    p_high = stats.t.cdf((mean - margin) / se, n - 1)  # H1: mean < margin
-    return {"mean": mean, "low": mean - half, "high": mean + half, "p": float(max(p_low, p_high))}
+    half = stats.t.ppf(1 - alpha, n - 1) * sd / math.sqrt(n)
+    return {"mean": mean, "low": mean - half, "high": mean + half, "p": tost_p(d, margin)}
 
 
 def tost_p(d, margin: float):
