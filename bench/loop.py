@@ -26,7 +26,7 @@ from bench.config import RunConfig, config_hash, flatten, to_yaml
 from bench.core.errors import BenchError
 from bench.core.generation import Generation, Sampler, Source
 from bench.core.paths import results_dir
-from bench.core.progress import bar
+from bench.core.progress import bar, console
 from bench.core.rewards import score
 from bench.distributed import World
 from bench.evaluate import evaluate
@@ -144,11 +144,14 @@ def set_up(
     sampler = sampler or make_sampler(cfg.sampling, cfg.seed)
     if world.sharded:
         sampler = distributed.ShardedSampler(sampler, world)
-    pool = train_pool(cfg, task)
     with distributed.main_first(world):  # rank 0 warm-starts into the cache, the others load it
         policy, tokenizer, info = load_policy(cfg.model, task)
     policy = master_weights(policy)
     task.bind_tokenizer(tokenizer)
+    if task.template and world.main:
+        asked = getattr(cfg.task_config(), "template", "")
+        console.print(f"task {task.name}: {task.template} prompts (template={asked})")
+    pool = train_pool(cfg, task)
     seed_all(cfg.seed)
     reference = frozen_reference(policy, cfg)
     reference = shard_reference(reference, cfg.train.sharding, cfg.sampling.source, world)
@@ -162,6 +165,8 @@ def set_up(
         **tags,
         "task_version": task.version,
         "model.cache": info["cache"],
+        **info["tags"],
+        "task.template": task.template,
         "model.n_params": str(size),
         "algorithm.source": algo.source,
         "bench.config": config_hash(cfg),

@@ -30,6 +30,7 @@ from bench.core.errors import BenchError
 from bench.core.paths import cache_dir
 from bench.core.progress import bar
 from bench.core.tokenizer import build_tokenizer
+from bench.pretrained import resolve
 
 transformers.utils.logging.disable_progress_bar()  # our own bars; HF's shard bars are noise
 
@@ -52,8 +53,9 @@ def build_tiny_model(cfg: ModelConfig, tokenizer) -> Qwen2ForCausalLM:
     return Qwen2ForCausalLM(config)
 
 
-def _cache_key(cfg: ModelConfig, task) -> str:
+def _cache_key(cfg: ModelConfig, task, source: dict) -> str:
     blob = {
+        "source": source,
         "model": dataclasses.asdict(cfg),
         "task": [task.name, task.version, dataclasses.asdict(task.cfg)],
         "code": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
@@ -69,6 +71,7 @@ def device_of(cfg: ModelConfig) -> torch.device:
 
 
 def _load_pretrained(name: str, dtype: str = "float32"):
+    """(model, tokenizer) of an HF id or folder; prompts are left-padded, pad = eos if unset."""
     try:
         tok = AutoTokenizer.from_pretrained(name)
         model = AutoModelForCausalLM.from_pretrained(name, dtype=getattr(torch, dtype))
@@ -124,7 +127,8 @@ def warm_start(model, tokenizer, task, cfg: ModelConfig) -> list[float]:
 
 
 def load_policy(cfg: ModelConfig, task):
-    """(model, tokenizer, info): the warm-started policy, from the cache when it is there.
+    """(model, tokenizer, info): the warm-started policy, from the cache when it is there; info
+    has the folder it came from ("cache") and where a pretrained model came from ("tags").
 
     ``name_or_path=task`` asks the task for its own policy (e.g. the bandit's softmax table)."""
     if cfg.name_or_path == "task":
@@ -133,27 +137,22 @@ def load_policy(cfg: ModelConfig, task):
                 f"model.name_or_path=task: task '{task.name}' has no policy of its own"
             )
         model, tok = task.build_policy()
-        return model, tok, {"cache": "", "cached": False}
+        return model, tok, {"cache": "", "tags": {}}
+    tiny = cfg.name_or_path == "tiny"
+    name, tags = ("tiny", {}) if tiny else resolve(cfg.name_or_path, cfg.gguf_file)
     if cfg.warmstart_steps <= 0:
-        if cfg.name_or_path == "tiny":
-            tok = build_tokenizer()
-            model = build_tiny_model(cfg, tok)
-        else:
-            model, tok = _load_pretrained(cfg.name_or_path, cfg.dtype)
-        return model.to(device_of(cfg)).eval(), tok, {"cache": "", "cached": False}
-    key = _cache_key(cfg, task)
-    path = cache_dir() / "models" / key
+        model, tok = _base_model(cfg, name)
+        return model.to(device_of(cfg)).eval(), tok, {"cache": "" if tiny else name, "tags": tags}
+    path = cache_dir() / "models" / _cache_key(cfg, task, tags)
+    info = {"cache": str(path), "tags": tags}
     if (path / "done.json").exists():
         tok = AutoTokenizer.from_pretrained(path)
         tok.padding_side = "left"
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, cfg.dtype))
-        return model.to(device_of(cfg)).eval(), tok, {"cache": str(path), "cached": True}
-    if cfg.name_or_path == "tiny":
-        tok = build_tokenizer()
-        model = build_tiny_model(cfg, tok)
-    else:
-        model, tok = _load_pretrained(cfg.name_or_path, cfg.dtype)
+        return model.to(device_of(cfg)).eval(), tok, info
+    model, tok = _base_model(cfg, name)
     model = model.to(device_of(cfg))
+    task.bind_tokenizer(tok)  # the warm start's prompts in the format training will use
     losses = warm_start(model, tok, task, cfg)
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")  # concurrent builders do not collide
     shutil.rmtree(tmp, ignore_errors=True)
@@ -165,7 +164,15 @@ def load_policy(cfg: ModelConfig, task):
     else:
         shutil.rmtree(path, ignore_errors=True)
         tmp.rename(path)
-    return model.eval(), tok, {"cache": str(path), "cached": False}
+    return model.eval(), tok, info
+
+
+def _base_model(cfg: ModelConfig, name: str):
+    """The model before any warm start: the tiny default built here, or a pretrained one."""
+    if name == "tiny":
+        tok = build_tokenizer()
+        return build_tiny_model(cfg, tok), tok
+    return _load_pretrained(name, cfg.dtype)
 
 
 def n_params(model) -> int:

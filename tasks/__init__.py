@@ -23,6 +23,7 @@ class Task:
     name: ClassVar[str]  # registry key == file name
     version: ClassVar[str]  # bump when data, template or scoring change (logged as a tag)
     Config: ClassVar[type] = TaskConfig
+    template: str = ""  # the prompt format in use (set once the tokenizer is bound); "" = only one
 
     def __init__(self, cfg: Any):
         self.cfg = cfg
@@ -36,6 +37,11 @@ class Task:
     def is_correct(self, completion: str, row: dict) -> bool | None:
         """Whether a completion answers the row correctly; None = could not be scored."""
         raise NotImplementedError
+
+    def extract(self, completion: str, row: dict) -> str | None:
+        """The answer a completion gives, as the task reads it (saved with the eval samples);
+        None = none found, or the task does not extract one."""
+        return None
 
     def reward(self, prompts: list[str], completions: list[str], **columns) -> list[float | None]:
         """Default reward: 1.0 if correct, 0.0 if wrong, None if unscorable."""

@@ -10,12 +10,14 @@ from __future__ import annotations
 import atexit
 import json
 import multiprocessing as mp
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
 from bench.core.errors import BenchError
 from tasks import Task, TaskConfig
+from tasks._chat import as_chat, resolve_template
 
 DATA = Path(__file__).parent / "data" / "math"
 
@@ -34,7 +36,8 @@ TEMPLATES = {
 
 @dataclass(frozen=True)
 class MathConfig(TaskConfig):
-    template: Literal["base", "qwen_math", "chat"] = "base"  # prompt format (see TEMPLATES)
+    # prompt format (see TEMPLATES); auto = chat when the model's tokenizer has a chat template
+    template: Literal["auto", "base", "qwen_math", "chat"] = "auto"
     train_file: str = (
         ""  # JSONL path, or hf:NAME[:CONFIG]:SPLIT, or a save_to_disk folder; "" = bundled
     )
@@ -85,6 +88,20 @@ def last_boxed(text: str) -> str:
     return text[i + 1 :]
 
 
+# a number in a result position: not followed by an operator or "=" (a cut-off "1200 * 6 =")
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?![\d,]|\.\d|\s*[-+*/=^\u00d7])")
+_ANSWER_IS = re.compile(r"answer is:?\s*\$?(-?\d[\d,]*(?:\.\d+)?)", re.IGNORECASE)
+
+
+def final_number(text: str) -> str | None:
+    """An unboxed completion's answer, as Qwen2.5-Math's evaluation reads it: the last "the
+    answer is N", else the last number written. (math-verify's own reading of the whole text
+    evaluates the last expression: "22 + 80" would score as 102, a restated question as right.) A
+    number followed by an operator or "=" is not a result ("1200 * 6 =" cut off by the budget)."""
+    numbers = _ANSWER_IS.findall(text) or _NUMBER.findall(text)
+    return numbers[-1].replace(",", "") if numbers else None
+
+
 def load_hf(spec: str, required: list[str], skip_malformed: bool) -> tuple[list[dict], int]:
     """Rows of a Hugging Face data set: ``hf:NAME[:CONFIG]:SPLIT`` (hub or local cache) or a
     folder written by ``Dataset.save_to_disk``. Bad rows as in ``load_jsonl`` (row index)."""
@@ -125,6 +142,8 @@ def _verify(completion: str, gold: str) -> bool | None:
         completion = "\\boxed{" + last_boxed(completion) + "}"
     elif "####" in completion:  # GSM8K style final answer
         completion = "$" + completion.rsplit("####", 1)[1].strip().replace(",", "") + "$"
+    elif final_number(completion) is not None:  # "The answer is 18." / the last number written
+        completion = f"${final_number(completion)}$"
     gold_text = gold if ("$" in gold or "\\boxed" in gold) else f"${gold}$"
     try:
         g, p = parse(gold_text), parse(completion)
@@ -192,6 +211,7 @@ class MathTask(Task):
         if cfg.max_eval:
             self._eval = self._eval[: cfg.max_eval]
         self.tokenizer = None
+        self.template = "base" if cfg.template == "auto" else cfg.template
 
     @staticmethod
     def gold(row: dict) -> str:
@@ -223,15 +243,19 @@ class MathTask(Task):
         return rows
 
     def prompt(self, problem: str) -> str:
-        text = TEMPLATES[self.cfg.template].format(problem=problem)
-        if self.cfg.template == "chat" and self.tokenizer is not None:
-            return self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-            )
+        text = TEMPLATES[self.template].format(problem=problem)
+        if self.template == "chat":
+            if self.tokenizer is None:
+                raise BenchError(f"tasks.{self.name}.template=chat needs the model's tokenizer")
+            return as_chat(self.tokenizer, text)
         return text
 
     def bind_tokenizer(self, tokenizer) -> None:
         self.tokenizer = tokenizer
+        self.template = resolve_template(self.cfg.template, tokenizer)
+
+    def extract(self, completion: str, row: dict) -> str | None:
+        return last_boxed(completion) if "\\boxed{" in completion else None
 
     def _rows(self, rows: list[dict]) -> list[dict]:
         return [{"prompt": self.prompt(r["problem"]), "answer": r["answer"]} for r in rows]

@@ -7,6 +7,6 @@ from tasks._math import MathTask
 @register
 class AIME24(MathTask):
     name = "aime24"
-    version = "1"
+    version = "2"  # 2: template auto (chat for models with a chat template)
     eval_data = ["aime24/test.jsonl"]
     required = ["problem", "answer"]

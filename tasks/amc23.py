@@ -7,7 +7,7 @@ from tasks._math import MathTask
 @register
 class AMC23(MathTask):
     name = "amc23"
-    version = "1"
+    version = "2"  # 2: template auto (chat for models with a chat template)
     eval_data = ["amc23/test.jsonl"]
     required = ["problem", "answer"]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tasks import register
-from tasks._math import verifier
+from tasks._math import last_boxed, verifier
 from tasks.arithmetic import Arithmetic
 from tasks.arithmetic import Config as ArithmeticConfig
 
@@ -21,8 +21,12 @@ class Config(ArithmeticConfig):
 @register
 class ArithmeticBoxed(Arithmetic):
     name = "arithmetic_boxed"
-    version = "1"
+    version = "2"
     Config = Config
+    instruction = "Put the final answer within \\boxed{}."
+
+    def extract(self, completion: str, row: dict) -> str | None:
+        return last_boxed(completion) if "\\boxed{" in completion else None
 
     def is_correct(self, completion: str, row: dict) -> bool | None:
         return verifier(self.cfg.verify_timeout).check(completion, row["answer"])

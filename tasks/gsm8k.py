@@ -8,7 +8,7 @@ from tasks._math import MathTask
 @register
 class GSM8K(MathTask):
     name = "gsm8k"
-    version = "1"
+    version = "2"  # 2: template auto (chat for models with a chat template)
     train_data = ["gsm8k/train.jsonl"]
     eval_data = ["gsm8k/test.jsonl"]
     problem_key = "question"

@@ -18,7 +18,7 @@ SUBJECTS = [
 @register
 class MATH(MathTask):
     name = "math"
-    version = "1"
+    version = "2"  # 2: template auto (chat for models with a chat template)
     train_data = [f"math_train/{s}.jsonl" for s in SUBJECTS]
     eval_data = ["math500/test.jsonl"]
     required = ["problem", "answer"]

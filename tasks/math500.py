@@ -7,6 +7,6 @@ from tasks._math import MathTask
 @register
 class MATH500(MathTask):
     name = "math500"
-    version = "1"
+    version = "2"  # 2: template auto (chat for models with a chat template)
     eval_data = ["math500/test.jsonl"]
     required = ["problem", "answer"]

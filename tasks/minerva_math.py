@@ -8,7 +8,7 @@ from tasks._math import MathTask, last_boxed
 @register
 class MinervaMath(MathTask):
     name = "minerva_math"
-    version = "1"
+    version = "2"  # 2: template auto (chat for models with a chat template)
     eval_data = ["minerva_math/test.jsonl"]
     required = ["problem", "solution"]
 

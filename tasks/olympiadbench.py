@@ -8,7 +8,7 @@ from tasks._math import MathTask
 @register
 class OlympiadBench(MathTask):
     name = "olympiadbench"
-    version = "1"
+    version = "2"  # 2: template auto (chat for models with a chat template)
     eval_data = ["olympiadbench/test.jsonl"]
     problem_key = "question"
     required = ["question", "final_answer"]
