@@ -9,7 +9,7 @@ import torch
 
 from bench.config import EvalConfig, SamplingConfig
 from bench.core.generation import Generation, Sampler
-from bench.core.progress import bar
+from bench.core.progress import bar, console
 
 
 def majority(answers: list[str]) -> str:
@@ -39,9 +39,11 @@ def evaluate(
     *,
     seed: int,
     progress: Callable[[int], None] | None = None,
+    samples: list[dict] | None = None,
 ) -> dict[str, float]:
     """Metrics named ``eval/<task>/<metric>``. Unscorable answers count as wrong and are counted.
-    ``progress(n)`` is told each time n more problems are done (greedy, then sampled)."""
+    ``progress(n)`` is told each time n more problems are done (greedy, then sampled); every
+    scored completion is appended to ``samples`` (``scored``) when it is given."""
     rows = task.eval_rows()[: ecfg.max_prompts]
     prompts = [r["prompt"] for r in rows]
     budget = scfg.max_new_tokens
@@ -53,6 +55,8 @@ def evaluate(
         lambda p: sampler.generate(model, tokenizer, p, 1, budget, greedy=True),
     )
     ok = [task.is_correct(c, r) for c, r in zip(greedy.texts, rows, strict=True)]
+    if samples is not None:
+        samples += scored(task, rows, greedy.texts, ok, "greedy", 1)
     metrics = {"accuracy": sum(bool(x) for x in ok) / len(rows)}
     unscorable = sum(x is None for x in ok)
     if ecfg.k > 0:
@@ -77,6 +81,8 @@ def evaluate(
         per_prompt = [sampled.texts[i * k : (i + 1) * k] for i in range(len(rows))]
         hits = [[task.is_correct(c, r) for c in cs] for cs, r in zip(per_prompt, rows, strict=True)]
         unscorable += sum(h is None for hs in hits for h in hs)
+        if samples is not None:
+            samples += scored(task, rows, sampled.texts, sum(hits, []), "sampled", k)
         maj = [task.is_correct(majority(cs), r) for cs, r in zip(per_prompt, rows, strict=True)]
         metrics |= {
             "avg_at_k": sum(bool(h) for hs in hits for h in hs) / (len(rows) * k),
@@ -90,6 +96,25 @@ def evaluate(
     metrics["unscorable"] = float(unscorable)
     metrics |= task.policy_metrics(model)
     return {f"eval/{task.name}/{k}": v for k, v in metrics.items()}
+
+
+def scored(task, rows: list[dict], texts: list[str], ok: list, mode: str, k: int) -> list[dict]:
+    """One record per scored completion (lm-eval's --log_samples), ``k`` completions per row:
+    problem index, prompt, completion, the answer the task read from it, the gold answer and
+    whether it was right (None = unscorable)."""
+    return [
+        {
+            "task": task.name,
+            "mode": mode,
+            "problem": i // k,
+            "prompt": rows[i // k]["prompt"],
+            "completion": c,
+            "extracted": task.extract(c, rows[i // k]),
+            "gold": rows[i // k].get("answer"),
+            "correct": o,
+        }
+        for i, (c, o) in enumerate(zip(texts, ok, strict=True))
+    ]
 
 
 def evaluate_model(
@@ -128,8 +153,10 @@ def evaluate_model(
     tasks = [TASKS.get(name) for name in task_names]  # unknown names fail here, before loading
     model_name = checkpoint_of(model_name, tracking_uri)
     model = tokenizer = sampler = None
+    source: dict[str, str] = {}
     built = []
     results: dict[str, float] = {}
+    samples: list[dict] = []
     for cls in tasks:
         fields = {f.name for f in dataclasses.fields(cls.Config)}
         settings = {"template": template} if template and "template" in fields else {}
@@ -138,9 +165,10 @@ def evaluate_model(
         task = cls(build_dataclass(cls.Config, settings, ("tasks", cls.name)))
         built.append(task)
         if model is None:
-            model, tokenizer, _ = load_policy(
+            model, tokenizer, info = load_policy(
                 ModelConfig(name_or_path=model_name, warmstart_steps=0), task
             )
+            source = info["tags"]
         task.bind_tokenizer(tokenizer)
         ecfg = EvalConfig(max_prompts=limit or 10**9, k=k, temperature=temperature)
         scfg = SamplingConfig(max_new_tokens=max_new_tokens, engine=engine)
@@ -157,7 +185,9 @@ def evaluate_model(
                 scfg,
                 seed=seed,
                 progress=lambda done, job=job: progress.update(job, advance=done),
+                samples=samples,
             )
+        console.print(f"task {task.name}: {task.template or 'its own'} prompts")
     if model is None:
         raise BenchError("bench eval needs at least one task (--tasks gsm8k,math500)")
     if lm_eval:  # the same tasks through lm-evaluation-harness: greedy, same token budget
@@ -179,7 +209,11 @@ def evaluate_model(
         "engine": engine,
     }
     tracker = Tracker(
-        resolve_uri(tracking_uri), experiment, f"eval__{model_name.replace('/', '_')}", params, {}
+        resolve_uri(tracking_uri),
+        experiment,
+        f"eval__{model_name.replace('/', '_')}",
+        params,
+        source,
     )
     tracker.log_metrics(results, 0)
     out = results_dir() / "eval" / f"{model_name.replace('/', '_')}__{int(time.time())}.json"
@@ -188,8 +222,16 @@ def evaluate_model(
         json.dumps({"params": params, "metrics": results, "run_id": tracker.run_id}, indent=2)
     )
     tracker.log_text(out.read_text(), "eval.json")
+    lines = "".join(json.dumps(r) + "\n" for r in samples)
+    out.with_suffix(".samples.jsonl").write_text(lines)
+    tracker.log_text(lines, "eval_samples.jsonl")
     tracker.end()
-    return {"metrics": results, "json": out, "run_id": tracker.run_id}
+    return {
+        "metrics": results,
+        "json": out,
+        "samples": out.with_suffix(".samples.jsonl"),
+        "run_id": tracker.run_id,
+    }
 
 
 def checkpoint_of(model_or_run: str, tracking_uri: str | None) -> str:

@@ -272,6 +272,7 @@ def log(run: Run, metrics: dict[str, float], step: int) -> None:
 def run_eval(run: Run, step: int) -> None:
     cfg = run.cfg
     policy = run.learner.sampling_policy
+    samples: list[dict] = []
     with compute_precision(cfg, policy):
         m = evaluate(
             policy,
@@ -281,9 +282,20 @@ def run_eval(run: Run, step: int) -> None:
             cfg.eval,
             cfg.sampling,
             seed=10_000 + cfg.seed,
+            samples=samples,
         )
     log(run, m, step)
+    run.tracker.log_text(jsonl(samples), eval_samples_name(step))
     run.tracker.flush()  # eval points show up in the MLflow UI as soon as they exist
+
+
+def eval_samples_name(step: int) -> str:
+    """The artifact with every completion scored by the eval at ``step``."""
+    return f"eval_samples/step_{step:06d}.jsonl"
+
+
+def jsonl(records: list[dict]) -> str:
+    return "".join(json.dumps(r) + "\n" for r in records)
 
 
 def save_final_checkpoint(run: Run) -> None:

@@ -10,6 +10,7 @@ import pandas as pd
 from bench.core.errors import BenchError
 from bench.core.paths import results_dir
 from bench.tracking import resolve_uri
+from reports import base_vs_final
 from reports.collect import history_frame, runs_frame
 from reports.comparison import comparison_section
 from reports.html import write_html
@@ -131,7 +132,8 @@ def build_report(
         c.runs, c.history, c.tasks, c.out, reference=reference, target=target
     )
     plots += compared.plots
-    text = markdown(c, summary, plots, stability, compared.markdown, perf_table(c))
+    compared_text = "\n".join([compared.markdown, base_vs_final.section(c.runs, c.uri)])
+    text = markdown(c, summary, plots, stability, compared_text, perf_table(c))
     (c.out / "report.md").write_text(text)
     write_html(c.out / "report.md")
     return {

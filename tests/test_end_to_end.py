@@ -14,6 +14,7 @@ from bench.models import build_tiny_model, build_tokenizer
 from bench.rollout import HFSampler
 from bench.tracking import client
 from bench.update import Counters, Learner
+from reports import base_vs_final
 from reports.report import build_report
 from reports.summary import SUMMARY_COLUMNS
 
@@ -74,6 +75,24 @@ def test_each_run_logs_params_tags_metrics_artifacts(store, tmp_path):
         with open(local) as f:
             first = json.loads(f.readline())
         assert set(first) == {"step", "prompt", "completion", "reward"}
+        assert {f"eval_samples/step_{s:06d}.jsonl" for s in steps} <= {
+            f.path for f in c.list_artifacts(run.info.run_id, "eval_samples")
+        }
+
+
+def test_eval_samples_are_every_scored_completion_and_agree_with_the_metrics(store):
+    """Each eval step's artifact holds the greedy and the k sampled completions of every eval
+    problem, as scored: their mean is the logged accuracy and avg@k."""
+    uri, finals = store
+    run_id = finals["gvpo"]["run_id"]
+    steps = base_vs_final.greedy_answers(uri, run_id)
+    assert sorted(steps) == [0, 2, 3]
+    c = client(uri)
+    for m in c.get_metric_history(run_id, "eval/arithmetic/accuracy"):
+        greedy = steps[m.step]
+        assert list(greedy["problem"]) == list(range(20))  # smoke: eval.max_prompts 20
+        assert greedy["correct"].mean() == pytest.approx(m.value)
+        assert (greedy["extracted"].eq(greedy["gold"]) == greedy["correct"]).all()
 
 
 def test_report_from_the_store(store, tmp_path):
@@ -89,6 +108,7 @@ def test_report_from_the_store(store, tmp_path):
     assert (tmp_path / "rep" / "learning_curves.png").stat().st_size > 10_000
     text = result["report"].read_text()
     assert "learning_curves.png" in text and "| gvpo | arithmetic |" in text
+    assert "## Final against base, problem by problem" in text and "**ppo**" in text
 
 
 @pytest.mark.parametrize("name", ALGORITHMS.names())

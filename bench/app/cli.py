@@ -410,7 +410,10 @@ def eval_(
     ] = 1.0,
     seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
     template: Annotated[
-        str, typer.Option(help="math prompt template: base, qwen_math or chat")
+        str,
+        typer.Option(
+            help="prompt template: auto (chat if the model has one), base, chat; math also qwen_math"
+        ),
     ] = "",
     lm_eval: Annotated[
         bool, typer.Option("--lm-eval", help="also run the tasks through lm-eval (greedy)")
@@ -442,6 +445,7 @@ def eval_(
         table.add_row(key, f"{value:.4f}")
     console.print(table)
     console.print(f"json: {result['json']}")
+    console.print(f"completions: {result['samples']}")
 
 
 @app.command("train-rm")
