@@ -138,7 +138,7 @@ def load_policy(cfg: ModelConfig, task):
             )
         model, tok = task.build_policy()
         return model, tok, {"cache": "", "tags": {}}
-    tiny = cfg.name_or_path == "tiny"
+    tiny = cfg.name_or_path == "tiny" and not cfg.gguf_file
     name, tags = ("tiny", {}) if tiny else resolve(cfg.name_or_path, cfg.gguf_file)
     if cfg.warmstart_steps <= 0:
         model, tok = _base_model(cfg, name)

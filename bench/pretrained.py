@@ -96,17 +96,34 @@ def gguf_folder(path: Path, sha: str) -> Path:
         tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         console.print(f"converting {path.name} into {folder} (once)")
-        convert_gguf(path, tmp)
-        (tmp / "done.json").write_text(json.dumps({"gguf": str(path), "sha256": sha}))
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
+        try:
+            convert_gguf(path, tmp)
+            (tmp / "done.json").write_text(json.dumps({"gguf": str(path), "sha256": sha}))
+            shutil.rmtree(folder, ignore_errors=True)
+            tmp.rename(folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def _quiet_gguf_reader() -> None:
+    """transformers' GGUF reader draws its own tqdm bar per file: one line of ours says it."""
+    import functools
+
+    import transformers.modeling_gguf_pytorch_utils as reader
+
+    if not isinstance(reader.tqdm, functools.partial):
+        reader.tqdm = functools.partial(reader.tqdm, disable=True)
 
 
 def convert_gguf(path: Path, out: Path) -> None:
     """Dequantise ``path`` into a float32 safetensors folder ``out`` (model and tokenizer)."""
     import torch
+    import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    transformers.utils.logging.disable_progress_bar()
+    _quiet_gguf_reader()
 
     missing = [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]
     if missing:

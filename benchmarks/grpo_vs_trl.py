@@ -7,6 +7,7 @@ prompt, score them, compute reference log-probs, one optimiser update.
 
     python benchmarks/grpo_vs_trl.py [--steps 30] [--repeats 5] [--prompts 32] [--k 4] [--max-new-tokens 6]
     python benchmarks/grpo_vs_trl.py --task gsm8k --warmstart-steps 0 --prompts 16 --max-new-tokens 16
+    python benchmarks/grpo_vs_trl.py --model smollm2-135m-instruct --steps 4 --repeats 3
 
 The default workload is the one ``make compare`` runs: the arithmetic preset's model (its warm
 start, cached under results/cache), prompts per step, k and token budget: 32 six-token prompts
@@ -15,6 +16,9 @@ sides (speed does not depend on it, and a small one keeps both sides' completion
 warm-started model's over the run). ``--task gsm8k`` uses GSM8K questions (~230-token prompts
 with the byte-level tokenizer), where running each prompt once per group matters more;
 ``--warmstart-steps 0`` skips the warm start there (a random model writes until the budget).
+``--model smollm2-135m-instruct`` runs the real model on the smollm2_arithmetic preset's
+workload (chat prompts of 2-digit sums, 8 prompts x 4 completions, 16 tokens), both sides at
+temperature 1.
 """
 
 from __future__ import annotations
@@ -46,12 +50,13 @@ def ours(name: str, model_dir: str, prompts: list[dict], args) -> float:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cfg = load_config(
-        "arithmetic",
+        args.preset,
         [
-            f"task={args.task}",
+            *args.overrides,
             f"algorithm={name}",
             f"sampling.k={args.k}",
             f"sampling.max_new_tokens={args.max_new_tokens}",
+            "sampling.temperature=1.0",  # TRL's default, on both sides
             "train.lr=1e-5",
         ],
     )
@@ -61,6 +66,7 @@ def ours(name: str, model_dir: str, prompts: list[dict], args) -> float:
     reference = AutoModelForCausalLM.from_pretrained(model_dir).eval().requires_grad_(False)
     algo = ALGORITHMS.get(name)
     task = TASKS.get(args.task)(cfg.task_config())
+    task.bind_tokenizer(tok)
     learner = Learner.build(policy, reference, algo, cfg)
     counters, sampler = Counters(), HFSampler()
     torch.manual_seed(0)
@@ -74,13 +80,11 @@ def ours(name: str, model_dir: str, prompts: list[dict], args) -> float:
     return time.perf_counter() - start
 
 
-def trl_grpo(model_dir: str, prompts: list[dict], args) -> float:
+def trl_grpo(model_dir: str, prompts: list[dict], args, task) -> float:
     """Seconds for args.steps optimiser steps of TRL's GRPOTrainer.train() (init excluded)."""
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback
     from trl import GRPOConfig, GRPOTrainer
-
-    task = TASKS.get(args.task)(load_config("arithmetic", [f"task={args.task}"]).task_config())
 
     def reward(prompts, completions, answer, **_):
         return task.reward(prompts, completions, answer=answer)
@@ -126,6 +130,12 @@ def main() -> None:
     )
     p.add_argument("--task", default="arithmetic", help="a registered task with train rows")
     p.add_argument(
+        "--model",
+        default="tiny",
+        help="tiny (the arithmetic preset's warm-started model) or smollm2-135m-instruct (the "
+        "smollm2_arithmetic preset's real model)",
+    )
+    p.add_argument(
         "--warmstart-steps",
         type=int,
         default=None,
@@ -133,9 +143,9 @@ def main() -> None:
         "i.e. the model `make compare` trains, cached; 0 = random init)",
     )
     p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--prompts", type=int, help="prompts per step (default: the preset's, 32)")
-    p.add_argument("--k", type=int, help="completions per prompt (default: the preset's, 4)")
-    p.add_argument("--max-new-tokens", type=int, help="token budget (default: the preset's, 6)")
+    p.add_argument("--prompts", type=int, help="prompts per step (default: the preset's)")
+    p.add_argument("--k", type=int, help="completions per prompt (default: the preset's)")
+    p.add_argument("--max-new-tokens", type=int, help="token budget (default: the preset's)")
     p.add_argument(
         "--repeats",
         type=int,
@@ -144,28 +154,33 @@ def main() -> None:
         "over rounds, steps/s the best run",
     )
     args = p.parse_args()
-    overrides = [f"task={args.task}"]
+    args.preset = "arithmetic" if args.model == "tiny" else "smollm2_arithmetic"
+    args.overrides = [f"task={args.task}", f"model.name_or_path={args.model}"]
     if args.warmstart_steps is not None:
-        overrides.append(f"model.warmstart_steps={args.warmstart_steps}")
-    cfg = load_config("arithmetic", overrides)
+        args.overrides.append(f"model.warmstart_steps={args.warmstart_steps}")
+    cfg = load_config(args.preset, args.overrides)
     args.prompts = args.prompts or cfg.train.prompts_per_step  # the workload `make compare` runs
     args.k = args.k or cfg.sampling.k
     args.max_new_tokens = args.max_new_tokens or cfg.sampling.max_new_tokens
     task = TASKS.get(args.task)(cfg.task_config())
-    model, tok, _ = load_policy(cfg.model, task)  # the warm-started tiny model the presets use
-    model_dir = tempfile.mkdtemp()
-    model.save_pretrained(model_dir)
-    tok.save_pretrained(model_dir)
+    model, tok, info = load_policy(cfg.model, task)  # the model the preset trains
+    task.bind_tokenizer(tok)
+    model_dir = info["cache"]  # the warm-started or converted folder
+    if not model_dir:
+        model_dir = tempfile.mkdtemp()
+        model.save_pretrained(model_dir)
+        tok.save_pretrained(model_dir)
+    del model
     prompts = task.train_rows()
     print(
-        f"task={args.task} warmstart_steps={cfg.model.warmstart_steps} "
+        f"model={args.model} task={args.task} template={task.template or '-'} warmstart_steps={cfg.model.warmstart_steps} "
         f"threads={torch.get_num_threads()} steps={args.steps} prompts/step={args.prompts} "
         f"k={args.k} max_new_tokens={args.max_new_tokens}"
     )
     times: dict[str, list[float]] = {"grpo": [], "trl_grpo": [], "gvpo": []}
     runs = {
         "grpo": lambda: ours("grpo", model_dir, prompts, args),
-        "trl_grpo": lambda: trl_grpo(model_dir, prompts, args),
+        "trl_grpo": lambda: trl_grpo(model_dir, prompts, args, task),
         "gvpo": lambda: ours("gvpo", model_dir, prompts, args),
     }
     order = list(runs)

@@ -98,3 +98,14 @@ def test_eval_a_training_run_by_id(tracking_uri):
     plain = train(load_config("smoke"), tracking_uri=tracking_uri)
     with pytest.raises(BenchError, match="saved no checkpoint"):
         evaluate_model(plain["run_id"], ["arithmetic"], tracking_uri=tracking_uri)
+
+
+def test_the_real_models_gpu_preset_dry_runs_here():
+    from typer.testing import CliRunner
+
+    from bench.app.cli import app
+
+    result = CliRunner().invoke(app, ["run", "smollm2_gsm8k", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert "dry run of 'smollm2_gsm8k' ok" in out and "eval rows: 1319" in out
