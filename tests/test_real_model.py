@@ -164,6 +164,7 @@ def rollout(policy):
     return gen
 
 
+@pytest.mark.numerics
 def test_packed_forward_equals_padded_forwards_on_the_real_model(policy, rollout):
     """Each prompt once followed by its rows' completions (30 layers, GQA, tied embeddings, a
     49k vocabulary) against one padded forward per row: log-probs, entropy and gradients."""
@@ -175,6 +176,7 @@ def test_packed_forward_equals_padded_forwards_on_the_real_model(policy, rollout
     model.zero_grad(set_to_none=True)
 
 
+@pytest.mark.numerics
 def test_a_token_budget_gives_the_one_pass_gradient_on_the_real_model(policy, rollout):
     import copy
 
