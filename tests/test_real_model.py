@@ -218,3 +218,69 @@ def test_the_plan_predicts_the_real_models_saved_bytes(policy, folder, ckpt, chu
     plan = activation_bytes(shape, rows * (prompt + completion - 1), rows * completion, ckpt, chunk)
     got = measured(copy.deepcopy(model), rows, prompt, completion, ckpt, chunk)
     assert abs(plan / got - 1) <= 0.15, (plan, got)
+
+
+REAL = [
+    f"model.name_or_path={NAME}",
+    "model.warmstart_steps=0",
+    "tasks.arithmetic.digits=2",
+    "tasks.arithmetic.ops=+",
+    "tasks.arithmetic.template=chat",
+    "sampling.k=2",
+    "sampling.max_new_tokens=8",
+    "sampling.temperature=0.7",
+    "train.prompts_per_step=2",
+    "train.lr=1e-5",
+    "eval.max_prompts=4",
+    "eval.k=0",
+]
+
+
+def test_fsdp_on_two_processes_equals_one_process_on_the_real_model(folder, tmp_path):
+    """The 1-vs-2-process check of tests/test_distributed.py (same tokens at step 1, weights and
+    metrics to float rounding after it) on SmolLM2, 3 steps under FSDP2 with gloo."""
+    from bench.app.launch import torchrun
+    from tests.test_distributed import WORKER, _env, _same
+
+    spec = "real=" + ",".join([*REAL, "train.sharding=fsdp"])
+    for sharding, cmd in (("none", [sys.executable, WORKER]), ("fsdp", torchrun(2, WORKER))):
+        (tmp_path / sharding).mkdir()
+        this = spec if sharding == "fsdp" else spec.replace(",train.sharding=fsdp", "")
+        done = subprocess.run(
+            [*cmd, str(tmp_path / sharding), this],
+            env=_env(tmp_path),
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    one, two = (torch.load(tmp_path / s / "real.pt") for s in ("none", "fsdp"))
+    _same(one, two)
+    assert two["policy_share"] < 0.75  # each rank held its shard of the 135M parameters
+
+
+def test_a_killed_real_model_run_resumes_bitwise(folder, tmp_path):
+    """SIGKILL after the update of step 2 (checkpoint of step 1 on disk), then --resume: every
+    logged value and the final weights bitwise those of the run never interrupted."""
+    import signal
+
+    from tests.pause import stopped
+    from tests.test_resume import _assert_same_run, paused_bench
+
+    args = [
+        "smoke",
+        *REAL,
+        "train.steps=3",
+        "train.checkpoint_every=1",
+        "train.save_checkpoint=true",
+        "eval.every=3",
+        "tracking.experiment=resume",
+    ]
+    whole = bench("run", *args, "run_name=whole", results=tmp_path, timeout=600)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    proc = paused_bench("updated@2", "run", *args, "run_name=cut", results=tmp_path)
+    stopped(proc.pid)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = bench("run", *args, "run_name=cut", "--resume", results=tmp_path, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    _assert_same_run(tmp_path, "whole", "cut")
