@@ -6,6 +6,7 @@ few of each algorithm's final completions (the eval_samples artifacts) to read."
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -21,6 +22,7 @@ SAMPLES_DIR = "eval_samples"
 
 def greedy_answers(uri: str, run_id: str) -> dict[int, pd.DataFrame]:
     """step -> that eval's greedy records (task, problem, completion, extracted, gold, correct)."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per file
     c = client(uri)
     steps = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -28,9 +28,13 @@ def stand_in(cfg: RunConfig, tracking_dir: str) -> RunConfig:
     from bench.vllm_sampler import vllm_available
 
     engine = cfg.sampling.engine if vllm_available() else "hf"
+    task_settings = dict(cfg.tasks.get(cfg.task, {}))
+    if task_settings.get("template") == "chat":  # the stand-in's tokenizer has no chat template
+        task_settings["template"] = "auto"
     return dataclasses.replace(
         cfg,
         model=tiny,
+        tasks={**cfg.tasks, cfg.task: task_settings},
         sampling=dataclasses.replace(
             cfg.sampling, max_new_tokens=min(cfg.sampling.max_new_tokens, 16), engine=engine
         ),
@@ -58,10 +62,9 @@ def dry_run(cfg: RunConfig) -> dict:
     from bench.loop import train
     from tasks import TASKS
 
-    task = TASKS.get(cfg.task)(cfg.task_config())
-    rows = task.eval_rows()
     with tempfile.TemporaryDirectory() as tmp:
         tiny = stand_in(cfg, tmp)
+        rows = TASKS.get(tiny.task)(tiny.task_config()).eval_rows()
         final = train(tiny)
     engine = cfg.sampling.engine
     if tiny.sampling.engine != engine:
