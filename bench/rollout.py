@@ -37,7 +37,7 @@ class HFSampler:
 
     def __init__(self, batch_size: int = 512, keyed: bool = True):
         self.batch_size = batch_size  # prompts*k rows per decode loop
-        self.keyed = keyed  # keyed draws (``keyed_uniform``); False: the global generator
+        self.keyed = keyed  # keyed draws (``keyed_choice``); False: the global generator
 
     def weights_changed(self) -> None:  # the loop reads the live model: nothing to sync
         pass
@@ -89,10 +89,10 @@ class _Draw:
     restricted to the top_p nucleus (transformers' own warper), as in HF generate.
 
     ``live`` names the rows of an ``n_rows`` batch that the logits belong to (rows that ended
-    have left the batch). With ``row_keys`` [n_rows] the uniforms of row i at token t are
-    ``keyed_uniform(row_keys[i], t)``; without, they come from the global generator, drawn for
-    all n_rows rows as generate draws for finished rows too, so the live rows get generate's
-    tokens for a seed."""
+    have left the batch). With ``row_keys`` [n_rows] row i's token t is ``keyed_choice`` of its
+    probabilities with the uniform ``keyed_uniform(row_keys[i], t)``; without, the uniforms come
+    from the global generator, drawn for all n_rows rows as generate draws for finished rows too,
+    so the live rows get generate's tokens for a seed."""
 
     temperature: float
     top_p: float
@@ -109,14 +109,16 @@ class _Draw:
         if self.row_keys is None:
             return multinomial_one(logits.softmax(-1), live, n_rows)
         keys = self.row_keys if live is None else self.row_keys[live.cpu()]
-        return multinomial_one(logits.softmax(-1), uniforms=keyed_uniform(keys, t, logits.shape[1]))
+        return keyed_choice(logits.softmax(-1), keyed_uniform(keys, t))
 
 
-# Keyed draws: the uniforms behind a sampled token are a hash (splitmix64) of (row key, token
-# position, vocabulary index), so a completion depends on its key only, not on the batch it is
-# decoded in, how that batch is cut (``batch_size``), or the process that decodes it. A prompt's
-# key comes from one draw of the global generator per ``generate`` call and the prompt's index
-# in the call; a row's from its prompt's key and its index j < k in the group.
+# Keyed draws: the uniform behind a sampled token is a hash (splitmix64) of (row key, token
+# position), so a completion depends on its key only, not on the batch it is decoded in, how that
+# batch is cut (``batch_size``), or the process that decodes it. A prompt's key comes from one
+# draw of the global generator per ``generate`` call and the prompt's index in the call; a row's
+# from its prompt's key and its index j < k in the group. One uniform per row and token, turned
+# into a token by the inverse CDF: an exponential race would need one per vocabulary entry
+# (49k-152k hashes per token, 12% of a SmolLM2 decode step).
 _M1, _M2, _GOLDEN = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB, 0x9E3779B97F4A7C15
 
 
@@ -138,17 +140,22 @@ def splitmix64(x: Tensor) -> Tensor:
     return x ^ _shr(x, 31)
 
 
-def keyed_uniform(keys: Tensor, t: int, n: int) -> Tensor:
-    """Uniforms in (0, 1), float64 [len(keys), n]: a hash of (key, t, column)."""
-    row = splitmix64(keys.long() * _int64(_GOLDEN) + t)
-    x = splitmix64(row[:, None] ^ _column_hash(n)[None, :])
+def keyed_uniform(keys: Tensor, t: int) -> Tensor:
+    """Uniforms in (0, 1), float64 [len(keys)]: a hash of (key, t)."""
+    x = splitmix64(splitmix64(keys.long() * _int64(_GOLDEN) + t))
     return (_shr(x, 11).double() + 0.5) / float(1 << 53)
 
 
-@functools.lru_cache(maxsize=4)
-def _column_hash(n: int) -> Tensor:
-    """splitmix64 of each vocabulary index: the same for every token drawn (computed once)."""
-    return splitmix64(torch.arange(n, dtype=torch.long) * _int64(_GOLDEN))
+def keyed_choice(probs: Tensor, u: Tensor) -> Tensor:
+    """The token of each row [B, V] whose cumulative probability interval holds u * total
+    (inverse CDF, float64): token i with probability probs[i] / total, never a zero one."""
+    _check_probs(probs)
+    cdf = probs.double().cumsum(-1)
+    total = cdf[:, -1:]
+    v = torch.minimum(
+        u.to(cdf.device)[:, None] * total, torch.nextafter(total, total.new_zeros(()))
+    )
+    return torch.searchsorted(cdf, v, right=True).squeeze(1)
 
 
 def prompt_keys(n: int, first: int = 0) -> Tensor:
@@ -164,26 +171,24 @@ def sample_keys(keys: Tensor, k: int) -> Tensor:
     return splitmix64(keys.repeat_interleave(k) ^ splitmix64(j + 1))
 
 
-def multinomial_one(
-    probs: Tensor, live: Tensor | None = None, n_rows: int = 0, uniforms: Tensor | None = None
-) -> Tensor:
+def multinomial_one(probs: Tensor, live: Tensor | None = None, n_rows: int = 0) -> Tensor:
     """``torch.multinomial(probs, 1).squeeze(1)`` by the same exponential race, argmax p / q with
     q ~ Exp(1) = -log1p(-u), u uniform in float64: on the CPU the same generator draws and the
     same tokens (tested), 2.6x faster (torch's CPU ``exponential_`` costs 0.33 ms for 64 x 258).
-    With ``live``, probs are rows ``live`` of an n_rows batch: the draw of those rows. Given
-    ``uniforms`` (keyed draws) are used instead of the generator's."""
+    With ``live``, probs are rows ``live`` of an n_rows batch: the draw of those rows."""
+    _check_probs(probs)
+    shape = probs.shape if live is None else (n_rows, probs.shape[1])
+    u = torch.rand(shape, dtype=torch.float64, device=probs.device)
+    u = u if live is None else u[live]
+    return (probs / (-torch.log1p(-u)).to(probs.dtype)).argmax(-1)
+
+
+def _check_probs(probs: Tensor) -> None:
     if not bool(((probs >= 0) & (probs < torch.inf)).all()):  # also False for NaN
         raise NonFinite(
             "the policy's next-token probabilities contain inf, nan or values < 0 "
             "(non-finite weights or logits: a lower train.lr or train.max_grad_norm?)"
         )
-    if uniforms is not None:
-        u = uniforms.to(probs.device)
-    else:
-        shape = probs.shape if live is None else (n_rows, probs.shape[1])
-        u = torch.rand(shape, dtype=torch.float64, device=probs.device)
-        u = u if live is None else u[live]
-    return (probs / (-torch.log1p(-u)).to(probs.dtype)).argmax(-1)
 
 
 def _decode(model, ids: Tensor, mask: Tensor, k: int, draw, tokenizer, *, max_new_tokens: int):

@@ -7,6 +7,7 @@ import torch
 from transformers import AutoTokenizer
 
 from bench.config import ModelConfig
+from bench.core.errors import NonFinite
 from bench.core.generation import completion_mask
 from bench.core.rewards import score
 from bench.models import build_tiny_model, build_tokenizer
@@ -370,7 +371,7 @@ def _splitmix64(x: int) -> int:
     return x ^ (x >> 31)
 
 
-def test_keyed_uniforms_are_splitmix64_of_key_position_and_column():
+def test_keyed_uniforms_are_splitmix64_of_key_and_position():
     """The torch int64 version (wrapping products, logical shifts) equals the reference in
     Python integers, bit for bit, including keys with the top bit set."""
     from bench.rollout import keyed_uniform, splitmix64
@@ -380,28 +381,41 @@ def test_keyed_uniforms_are_splitmix64_of_key_position_and_column():
         _splitmix64(x) for x in xs
     ]
     golden, m = 0x9E3779B97F4A7C15, (1 << 64) - 1
-    keys, t, n = [5, -3], 7, 4
-    u = keyed_uniform(torch.tensor(keys), t, n)
+    keys, t = [5, -3, 2**62 + 1], 7
+    u = keyed_uniform(torch.tensor(keys), t)
     for i, key in enumerate(keys):
-        row = _splitmix64((key * golden + t) & m)
-        for j in range(n):
-            x = _splitmix64(row ^ _splitmix64((j * golden) & m))
-            assert u[i, j].item() == ((x >> 11) + 0.5) / 2**53
+        x = _splitmix64(_splitmix64((key * golden + t) & m))
+        assert u[i].item() == ((x >> 11) + 0.5) / 2**53
+
+
+def test_keyed_choice_is_the_inverse_cdf():
+    """Hand-derived: probabilities (0.5, 0, 0.25, 0.25) have cumulative sums (0.5, 0.5, 0.75,
+    1); a uniform picks the first token whose sum exceeds it, never the zero-probability one
+    (u = 1 included), and unnormalised rows are scaled by their total."""
+    from bench.rollout import keyed_choice
+
+    p = torch.tensor([[0.5, 0.0, 0.25, 0.25]] * 6)
+    u = torch.tensor([0.0, 0.49, 0.5, 0.74, 0.75, 1.0], dtype=torch.float64)
+    assert keyed_choice(p, u).tolist() == [0, 0, 2, 2, 3, 3]
+    assert keyed_choice(p * 7, u).tolist() == [0, 0, 2, 2, 3, 3]
+    assert keyed_choice(torch.tensor([[0.0, 0.0, 1.0, 0.0]]), u[:1]).tolist() == [2]
+    with pytest.raises(NonFinite):
+        keyed_choice(torch.tensor([[0.5, float("nan")]]), u[:1])
 
 
 def test_keyed_draws_follow_the_distribution():
     """A chi-square test of 20,000 keyed draws from a fixed distribution (p = 0.001 level)."""
     from scipy.stats import chisquare
 
-    from bench.rollout import keyed_uniform
+    from bench.rollout import keyed_choice, keyed_uniform
 
-    p = torch.tensor([0.5, 0.2, 0.15, 0.1, 0.05, 0.0])
+    p = torch.tensor([0.5, 0.2, 0.0, 0.15, 0.1, 0.05, 0.0])
     keys = torch.arange(20_000)
-    u = keyed_uniform(keys, 3, len(p))
-    draws = multinomial_one(p.expand(len(keys), -1).clone(), uniforms=u)
+    draws = keyed_choice(p.expand(len(keys), -1).clone(), keyed_uniform(keys, 3))
     counts = torch.bincount(draws, minlength=len(p)).double()
-    assert counts[-1] == 0  # a zero-probability token is never drawn
-    assert chisquare(counts[:-1], (p[:-1] * len(keys)).double()).pvalue > 1e-3
+    assert counts[2] == counts[-1] == 0  # a zero-probability token is never drawn
+    live = p > 0
+    assert chisquare(counts[live], (p[live] * len(keys)).double()).pvalue > 1e-3
 
 
 def test_keyed_completions_do_not_depend_on_the_batch(tiny):
