@@ -7,7 +7,8 @@ One step of the preset's workload, split into: sampling (the HF sampler), reward
 log-probs (with the behaviour ones when the algorithm needs them: ``make_batch``), the training
 forward + backward, and the optimiser (clipping + AdamW). Median over ``--steps`` steps after
 one warm-up step. FLOPs are counted as 2 x parameters per token forward and 4 x backward (the
-dense rule; attention over these short rows adds little).
+dense rule; attention over these short rows adds little) over the tokens the packed forward
+computes: each prompt once per group, then its rows' completion tokens.
 """
 
 from __future__ import annotations
@@ -62,7 +63,10 @@ def one_step(learner: Learner, sampler, tok, task, rows: list[dict], cfg) -> dic
     learner.opt.step()
     learner.opt.zero_grad(set_to_none=True)
     times["optimiser"] = time.perf_counter() - t
-    times["tokens"] = float(batch.attention_mask.sum())
+    # the packed forward runs each prompt once for its k rows, then the rows' completions
+    T = batch.mask.shape[1]
+    prompts = batch.attention_mask[::k, :-T].sum() if T else batch.attention_mask[::k].sum()
+    times["tokens"] = float(prompts + batch.mask.sum())
     return times
 
 
