@@ -17,6 +17,14 @@ def majority(answers: list[str]) -> str:
     return Counter(a.strip() for a in answers).most_common(1)[0][0]
 
 
+def majority_completion(task, completions: list[str], row: dict) -> str:
+    """The completion that gives the most common answer among ``completions`` (ties: the first
+    seen). Answers are what the task reads from each (``task.extract``: ``47 + 38 = 85`` and
+    ``The answer is 85.`` vote together); a completion it reads nothing from votes as its text."""
+    votes = [(task.extract(c, row) or c).strip() for c in completions]
+    return completions[votes.index(majority(votes))]
+
+
 def in_calls(sampler: Sampler, prompts: list[str], k: int, progress, generate) -> Generation:
     """``generate(prompts)`` in calls of as many prompts as the sampler decodes at once (the
     same draws as one call), reporting each call's prompts to ``progress``."""
@@ -83,7 +91,10 @@ def evaluate(
         unscorable += sum(h is None for hs in hits for h in hs)
         if samples is not None:
             samples += scored(task, rows, sampled.texts, sum(hits, []), "sampled", k)
-        maj = [task.is_correct(majority(cs), r) for cs, r in zip(per_prompt, rows, strict=True)]
+        maj = [
+            task.is_correct(majority_completion(task, cs, r), r)
+            for cs, r in zip(per_prompt, rows, strict=True)
+        ]
         metrics |= {
             "avg_at_k": sum(bool(h) for hs in hits for h in hs) / (len(rows) * k),
             "pass_at_k": sum(any(bool(h) for h in hs) for hs in hits) / len(rows),

@@ -109,3 +109,17 @@ def test_the_real_models_gpu_preset_dry_runs_here():
     assert result.exit_code == 0, result.output
     out = " ".join(result.output.split())
     assert "dry run of 'smollm2_gsm8k' ok" in out and "eval rows: 1319" in out
+
+
+def test_majority_votes_on_the_answers_the_task_reads():
+    """Chat answers differ in wording: the vote is on what the task reads from them. By text,
+    the four below are all different (the first, wrong, would win the tie); by answer, 85 wins."""
+    from bench.evaluate import majority_completion
+    from tasks.arithmetic import Arithmetic, Config
+
+    task = Arithmetic(Config())
+    task.template = "chat"
+    row = {"answer": "85"}
+    got = ["The answer is 86.", "47 + 38 = 85", "85", "To add 47 and 38"]
+    assert majority_completion(task, got, row) == "47 + 38 = 85"
+    assert majority_completion(task, ["x", "y", "y"], row) == "y"  # nothing read: by text
