@@ -284,8 +284,9 @@ def test_fsdp_on_two_processes_equals_one_process_on_the_real_model(folder, tmp_
 
 
 def test_a_killed_real_model_run_resumes_bitwise(folder, tmp_path):
-    """SIGKILL after the update of step 2 (checkpoint of step 1 on disk), then --resume: every
-    logged value and the final weights bitwise those of the run never interrupted."""
+    """SIGKILL after the update of step 2 of 2 (the checkpoint of step 1 on disk), then
+    --resume: every logged value and the final weights bitwise those of the run never
+    interrupted."""
     import signal
 
     from tests.pause import stopped
@@ -294,10 +295,10 @@ def test_a_killed_real_model_run_resumes_bitwise(folder, tmp_path):
     args = [
         "smoke",
         *REAL,
-        "train.steps=3",
+        "train.steps=2",
         "train.checkpoint_every=1",
         "train.save_checkpoint=true",
-        "eval.every=3",
+        "eval.every=2",
         "tracking.experiment=resume",
     ]
     whole = bench("run", *args, "run_name=whole", results=tmp_path, timeout=600)
