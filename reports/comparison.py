@@ -118,8 +118,9 @@ def comparison_section(
         "the smallest two-sided p the sign-flip test can give is 2/2^n (0.25 for 3 seeds): with",
         "fewer than 6 seeds that test cannot reach 0.05 (the t-test can, if the differences are",
         "near normal). `_holm`: p adjusted by Holm across every comparison of this report; the",
-        "verdict uses the adjusted sign-flip p. `seeds_for_observed`: paired seeds for 80% power",
-        "of the t-test at the observed difference and spread (noisy with few seeds).",
+        "verdict uses the adjusted sign-flip p. `seeds_for_observed`: paired seeds at which the",
+        "sign-flip test (unadjusted, 0.05) has 80% simulated power at the observed difference and",
+        "spread (noisy with few seeds: the spread itself is estimated from them).",
         "",
         md_table(printable(paired))
         if not paired.empty

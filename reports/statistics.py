@@ -6,12 +6,14 @@ the per-seed differences d_1..d_n of their final metric:
   patterns up to n = 16 (Monte Carlo above). Its smallest two-sided p is 2 / 2^n: 0.25 with 3
   seeds, so no difference can be "significant" at 0.05 with fewer than 6 seeds, whatever the data.
 - ``paired_t``: the paired t-interval of mean(d) (scipy).
-- ``seeds_needed``: seeds for 80% power to detect a difference, from the observed spread of d
-  (noncentral t), and never fewer than the sign-flip test needs to reach p < alpha.
+- ``seeds_needed``: seeds for 80% power of the sign-flip test (the test the verdict uses) to
+  detect a difference, from the spread of d: simulated, exact patterns up to 16 seeds; beyond,
+  the paired t-test's power (noncentral t), which the sign-flip test's approaches as n grows.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -71,20 +73,48 @@ def paired_t(d, level: float = 0.95) -> dict[str, float]:
 def seeds_needed(
     diff: float, sd: float, alpha: float = 0.05, power: float = 0.8, most: int = 10_000
 ) -> int | None:
-    """Fewest paired seeds for a two-sided paired t-test at ``alpha`` to detect ``diff`` with
-    ``power``, given a per-seed spread ``sd`` of the differences (and at least the seeds the
-    sign-flip test needs to reach ``alpha``). None if no spread is known or nothing to detect."""
+    """Fewest paired seeds at which the two-sided sign-flip test at ``alpha`` detects ``diff``
+    with ``power``, given a per-seed spread ``sd`` of the differences (normal). None if no spread
+    is known or there is nothing to detect. The test's p does not change when d is scaled, so
+    its power depends on diff / sd and n alone (simulated, cached on two decimals)."""
     if not (sd > 0) or diff == 0 or not math.isfinite(diff):
         return None
+    effect = round(abs(diff) / sd, 2)
     floor = next(n for n in range(2, 64) if smallest_p(n) < alpha)
-    for n in range(max(2, floor), most + 1):
-        crit = stats.t.ppf(1 - alpha / 2, n - 1)
-        nc = abs(diff) / sd * math.sqrt(n)
-        lower = stats.nct.cdf(-crit, n - 1, nc)  # NaN far out in the tail, where it is ~0
-        achieved = stats.nct.sf(crit, n - 1, nc) + (lower if math.isfinite(lower) else 0.0)
-        if achieved >= power:
+    for n in range(floor, EXACT_UP_TO + 1):
+        # the sign-flip test's power stays within 0.01 of the t-test's or below it (simulated,
+        # n = 6-16): below t-power - 0.05 there is no need to simulate
+        if t_power(effect, n, alpha) >= power - 0.05 and sign_flip_power(effect, n, alpha) >= power:
+            return n
+    for n in range(EXACT_UP_TO + 1, most + 1):
+        if t_power(effect, n, alpha) >= power:
             return n
     return None
+
+
+@functools.lru_cache(maxsize=4096)
+def sign_flip_power(effect: float, n: int, alpha: float = 0.05, trials: int = 2000) -> float:
+    """The share of ``trials`` simulated experiments (d ~ N(effect, 1), n pairs, seeded) in which
+    the exact two-sided sign-flip test gives p < alpha."""
+    rng = np.random.default_rng(n)
+    d = rng.normal(effect, 1.0, (trials, n))
+    patterns = sign_patterns(n).astype(float).T / n  # [n, 2^n]
+    observed = np.abs(d.mean(axis=1, keepdims=True))
+    tol = 1e-12 * np.maximum(1.0, np.abs(d).max(axis=1, keepdims=True))
+    rejected = 0
+    for chunk in range(0, trials, 128):  # [128, 2^n] at a time: 64 MB at n = 16
+        means = np.abs(d[chunk : chunk + 128] @ patterns)
+        hits = means >= observed[chunk : chunk + 128] - tol[chunk : chunk + 128]
+        rejected += int((hits.mean(axis=1) < alpha).sum())
+    return rejected / trials
+
+
+def t_power(effect: float, n: int, alpha: float = 0.05) -> float:
+    """Power of the two-sided paired t-test at standardised effect ``effect`` with n pairs."""
+    crit = stats.t.ppf(1 - alpha / 2, n - 1)
+    nc = effect * math.sqrt(n)
+    lower = stats.nct.cdf(-crit, n - 1, nc)  # NaN far out in the tail, where it is ~0
+    return float(stats.nct.sf(crit, n - 1, nc) + (lower if math.isfinite(lower) else 0.0))
 
 
 def sign_flip_verdict(p: float, n: int, alpha: float = 0.05) -> str:

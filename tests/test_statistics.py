@@ -56,13 +56,20 @@ def test_monte_carlo_above_16_pairs_is_close_to_exact_scipy():
     assert sign_flip_test(d) == pytest.approx(ref.pvalue, abs=0.005)
 
 
-def test_seeds_needed_reaches_80_percent_power_in_simulation():
-    n = seeds_needed(0.5, 1.0)
-    assert n is not None and n >= 6
-    rng = np.random.default_rng(0)
-    rejected = [stats.ttest_1samp(rng.normal(0.5, 1.0, n), 0).pvalue < 0.05 for _ in range(4000)]
-    assert 0.78 <= np.mean(rejected) <= 0.86
-    assert seeds_needed(0.5, 1.0) < seeds_needed(0.25, 1.0)
+def test_seeds_needed_is_the_sign_flip_tests_simulated_power():
+    """The seeds it names give the sign-flip test itself (run here on 1,500 fresh simulated
+    experiments) about 80% power, one seed fewer does not; the issue's check: at effect 1.5,
+    6 seeds give the t-test 0.83 power but the sign-flip test only ~0.65, so 6 is not enough."""
+    n = seeds_needed(1.0, 1.0)
+    rng = np.random.default_rng(99)
+
+    def power(m):
+        return np.mean([sign_flip_test(rng.normal(1.0, 1.0, m)) < 0.05 for _ in range(1500)])
+
+    assert n == 11 and power(n) >= 0.78 and power(n - 1) < 0.8
+    assert seeds_needed(0.5, 3.0) == seeds_needed(1.0, 6.0)  # scale-free: diff / sd only
+    assert seeds_needed(1.5, 1.0) == 7
+    assert seeds_needed(0.5, 1.0) == 34  # beyond 16 seeds: the t-test's power (noncentral t)
     assert seeds_needed(5.0, 1.0) == 6  # the sign-flip floor: 2/2^6 < 0.05
 
 
@@ -232,3 +239,42 @@ def test_the_fast_probability_of_improvement_equals_rliables():
         _, theirs = rly.get_interval_estimates(pairs, metrics.probability_of_improvement, reps=REPS)
     assert mine.loc[0, "low"] == pytest.approx(theirs["a,b"][0], abs=1e-12)
     assert mine.loc[1, "high"] == pytest.approx(theirs["b,a"][1], abs=1e-12)
+
+
+def _four_algorithms(n_seeds: int, shift: float, rng) -> pd.DataFrame:
+    """a, b, c, d paired by seed (a shared seed level, noise sd 0.02); b is ``shift`` above."""
+    level = rng.normal(0.5, 0.05, n_seeds)
+    return pd.DataFrame(
+        [
+            {
+                "algorithm": algo,
+                "task": "t",
+                "seed": s,
+                "value": level[s] + up + rng.normal(0, 0.02),
+            }
+            for algo, up in (("a", 0.0), ("b", shift), ("c", 0.0), ("d", 0.0))
+            for s in range(n_seeds)
+        ]
+    )
+
+
+def test_the_reports_verdicts_are_calibrated_by_simulation(monkeypatch):
+    """The report's rule (each algorithm against the reference, sign-flip p, Holm across the
+    three comparisons, 'differ' below 0.05) on 300 simulated comparisons of 8 seeds each.
+    Null (all equal): a false 'differ' anywhere in the family at most 5% + 3 Monte Carlo sd.
+    Effect: b at the difference for which seeds_needed says 8 seeds: the unadjusted sign-flip
+    test detects it in >= 80% - 3 sd of the comparisons, Holm's adjusted verdict no more often."""
+    import reports.statistics as statistics
+
+    monkeypatch.setattr(statistics, "seeds_needed", lambda *a, **k: None)  # not the verdict
+    trials, sd_d = 300, 0.02 * np.sqrt(2)  # sd of a paired difference
+    shift = next(e for e in np.arange(0.5, 3, 0.05) if seeds_needed(e, 1.0) == 8) * sd_d
+    rng = np.random.default_rng(11)
+    null = [paired_table(_four_algorithms(8, 0.0, rng), "a") for _ in range(trials)]
+    family_error = np.mean([t["verdict"].str.startswith("differ").any() for t in null])
+    assert family_error <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / trials)
+    effect = [paired_table(_four_algorithms(8, shift, rng), "a") for _ in range(trials)]
+    b = [t.set_index("comparison").loc["a - b"] for t in effect]
+    raw = np.mean([row["p_sign_flip"] < 0.05 for row in b])
+    adjusted = np.mean([row["verdict"].startswith("differ") for row in b])
+    assert raw >= 0.8 - 3 * np.sqrt(0.8 * 0.2 / trials) and adjusted <= raw
