@@ -144,14 +144,12 @@ def set_up(
     sampler = sampler or make_sampler(cfg.sampling, cfg.seed)
     if world.sharded:
         sampler = distributed.ShardedSampler(sampler, world)
+    train_pool(cfg, task)  # the data's checks, before a model is loaded or anything logged
     with distributed.main_first(world):  # rank 0 warm-starts into the cache, the others load it
         policy, tokenizer, info = load_policy(cfg.model, task)
     policy = master_weights(policy)
     task.bind_tokenizer(tokenizer)
-    if task.template and world.main:
-        asked = getattr(cfg.task_config(), "template", "")
-        console.print(f"task {task.name}: {task.template} prompts (template={asked})")
-    pool = train_pool(cfg, task)
+    pool = train_pool(cfg, task)  # prompts in the model's format (chat template)
     seed_all(cfg.seed)
     reference = frozen_reference(policy, cfg)
     reference = shard_reference(reference, cfg.train.sharding, cfg.sampling.source, world)
@@ -175,6 +173,11 @@ def set_up(
     stream = prompt_stream(pool, cfg.train.prompts_per_step, cfg.seed)
     run = Run(cfg, task, tokenizer, learner, sampler, source, stream, tracker, world=world)
     run.config_hash = tags["bench.config"]
+    asked = getattr(cfg.task_config(), "template", "")
+    if task.template and (task.template, asked) != ("base", "auto") and world.main:
+        # a model's chat template or a format asked for by name (auto on a model without a chat
+        # template stays quiet: the tiny default); after every check, so a mistake stays one line
+        console.print(f"task {task.name}: {task.template} prompts (template={asked})")
     return run
 
 

@@ -211,7 +211,8 @@ class MathTask(Task):
         if cfg.max_eval:
             self._eval = self._eval[: cfg.max_eval]
         self.tokenizer = None
-        self.template = "base" if cfg.template == "auto" else cfg.template
+        # until a tokenizer is bound (bind_tokenizer), chat and auto read as base: the data's checks
+        self.template = "base" if cfg.template in ("auto", "chat") else cfg.template
 
     @staticmethod
     def gold(row: dict) -> str:
@@ -245,8 +246,6 @@ class MathTask(Task):
     def prompt(self, problem: str) -> str:
         text = TEMPLATES[self.template].format(problem=problem)
         if self.template == "chat":
-            if self.tokenizer is None:
-                raise BenchError(f"tasks.{self.name}.template=chat needs the model's tokenizer")
             return as_chat(self.tokenizer, text)
         return text
 

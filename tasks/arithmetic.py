@@ -82,7 +82,7 @@ class Arithmetic(Task):
         n_eval = min(cfg.n_eval, len(exprs) // 2)
         self._eval = [self._row(e) for e in exprs[:n_eval]]
         self._train = [self._row(e) for e in exprs[n_eval:]]
-        self.template = "chat" if cfg.template == "chat" else "base"
+        self.template = "base"  # until a tokenizer is bound (bind_tokenizer): the data's checks
         self.tokenizer = None
 
     @staticmethod
@@ -99,8 +99,6 @@ class Arithmetic(Task):
     def _render(self, rows: list[dict]) -> list[dict]:
         if self.template == "base":
             return rows
-        if self.tokenizer is None:
-            raise BenchError(f"tasks.{self.name}.template=chat needs the model's tokenizer")
         return [{**r, "prompt": as_chat(self.tokenizer, self.question(r))} for r in rows]
 
     def question(self, row: dict) -> str:
