@@ -28,7 +28,7 @@ from pathlib import Path
 
 from bench.config import REFERENCE_SOURCES, RunConfig
 from bench.core.errors import BenchError
-from bench.pretrained import BUILTINS, resolve
+from bench.pretrained import gguf_config, gguf_of
 
 GB = 1024**3
 
@@ -73,8 +73,9 @@ def shape_of(model_cfg) -> Shape:
         return Shape(258, h, model_cfg.intermediate_size, model_cfg.num_layers, a, a, h // a, True)
     if name in BUILT_IN:
         return BUILT_IN[name]
-    if name in BUILTINS or model_cfg.gguf_file:  # a GGUF: its converted folder's config
-        name = resolve(name, model_cfg.gguf_file)[0]
+    gguf = gguf_of(name, model_cfg.gguf_file)
+    if gguf is not None:  # the config in the GGUF's metadata
+        return _from_config(gguf_config(gguf[0]))
     path = Path(name) / "config.json"
     if path.exists():
         return _from_config(json.loads(path.read_text()))

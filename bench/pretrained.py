@@ -46,18 +46,35 @@ BUILTINS = {
 def resolve(name_or_path: str, gguf_file: str = "") -> tuple[str, dict[str, str]]:
     """``model.name_or_path`` (+ ``model.gguf_file``) -> what ``from_pretrained`` loads, and the
     tags that say where it came from. HF ids and folders pass through unchanged."""
-    if name_or_path in BUILTINS:
-        path, tags = builtin_gguf(name_or_path)
-    elif gguf_file:
-        # a path of its own, or (as in from_pretrained) a file name inside the folder name_or_path
-        path, tags = Path(gguf_file), {}
-        if not path.is_file():
-            path = Path(name_or_path) / gguf_file
-    else:
+    found = gguf_of(name_or_path, gguf_file)
+    if found is None:
         return name_or_path, {}
+    path, tags = found
     sha = sha256_of(path)
     folder = gguf_folder(path, sha)
     return str(folder), tags | {"model.gguf": str(path), "model.gguf_sha256": sha}
+
+
+def gguf_of(name_or_path: str, gguf_file: str = "") -> tuple[Path, dict[str, str]] | None:
+    """The GGUF file a model setting names (a built-in model's, or ``model.gguf_file``: a path
+    of its own or, as in from_pretrained, a file name inside the folder name_or_path)."""
+    if name_or_path in BUILTINS:
+        return builtin_gguf(name_or_path)
+    if not gguf_file:
+        return None
+    path = Path(gguf_file)
+    return (path if path.is_file() else Path(name_or_path) / gguf_file), {}
+
+
+def gguf_config(path: Path) -> dict:
+    """The model config written in a GGUF file's metadata (no weights read)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path.parent, gguf_file=path.name).to_dict()
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise BenchError(f"cannot read GGUF file {path}: {first}") from None
 
 
 def builtin_gguf(name: str) -> tuple[Path, dict[str, str]]:
