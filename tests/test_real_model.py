@@ -173,7 +173,6 @@ def rollout(policy):
     return gen
 
 
-@pytest.mark.numerics
 def test_packed_forward_equals_padded_forwards_on_the_real_model(policy, rollout):
     """Each prompt once followed by its rows' completions (30 layers, GQA, tied embeddings, a
     49k vocabulary) against one padded forward per row: log-probs, entropy, hidden states and
@@ -198,7 +197,6 @@ def test_packed_forward_equals_padded_forwards_on_the_real_model(policy, rollout
         assert (ga - gb).abs().max() <= 1e-4 * gb.abs().max() + 1e-8
 
 
-@pytest.mark.numerics
 def test_a_token_budget_gives_the_one_pass_gradient_on_the_real_model(policy, rollout):
     import copy
 
@@ -256,7 +254,7 @@ REAL = [
     "sampling.temperature=0.7",
     "train.prompts_per_step=2",
     "train.lr=1e-5",
-    "eval.max_prompts=4",
+    "eval.max_prompts=2",
     "eval.k=0",
 ]
 
