@@ -9,7 +9,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export TOKENIZERS_PARALLELISM := false
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install install-dev real-model compare test test-all test-numerics lint format clean-results
+.PHONY: install install-dev real-model compare test test-all test-real test-numerics lint format clean-results
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,8 +50,12 @@ test: install-dev
 
 test-all: install-dev
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not heavy" $(PYTEST_ARGS)
 	$(MAKE) test-numerics
+
+# every test of the built-in real model, the heavy 2-process and kill-resume cases included (~6 min)
+test-real: install-dev
+	$(BIN)/python -m pytest tests/test_real_model.py $(PYTEST_ARGS)
 
 # what another CPU's kernels would do: the rounding-sensitive tests again on AVX2 kernels
 test-numerics: install-dev

@@ -259,6 +259,7 @@ REAL = [
 ]
 
 
+@pytest.mark.heavy
 def test_fsdp_on_two_processes_equals_one_process_on_the_real_model(folder, tmp_path):
     """The 1-vs-2-process check of tests/test_distributed.py (same tokens at step 1, weights and
     metrics to float rounding after it) on SmolLM2, 3 steps under FSDP2 with gloo."""
@@ -281,6 +282,7 @@ def test_fsdp_on_two_processes_equals_one_process_on_the_real_model(folder, tmp_
     assert two["policy_share"] < 0.75  # each rank held its shard of the 135M parameters
 
 
+@pytest.mark.heavy
 def test_a_killed_real_model_run_resumes_bitwise(folder, tmp_path):
     """SIGKILL after the update of step 2 of 2 (the checkpoint of step 1 on disk), then
     --resume: every logged value and the final weights bitwise those of the run never
