@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable
 
@@ -109,6 +110,11 @@ def evaluate(
     return {f"eval/{task.name}/{k}": v for k, v in metrics.items()}
 
 
+def jsonl(records: list[dict]) -> str:
+    """Records as JSON Lines."""
+    return "".join(json.dumps(r) + "\n" for r in records)
+
+
 def scored(task, rows: list[dict], texts: list[str], ok: list, mode: str, k: int) -> list[dict]:
     """One record per scored completion (lm-eval's --log_samples), ``k`` completions per row:
     problem index, prompt, completion, the answer the task read from it, the gold answer and
@@ -146,7 +152,6 @@ def evaluate_model(
     """``bench eval``: greedy accuracy (pass@1 at temperature 0), avg@k, maj@k and pass@k with
     seeded sampling, for a HF model id or checkpoint folder, logged to MLflow and written as JSON."""
     import dataclasses
-    import json
     import time
 
     from bench.config import ModelConfig, build_dataclass
@@ -198,7 +203,8 @@ def evaluate_model(
                 progress=lambda done, job=job: progress.update(job, advance=done),
                 samples=samples,
             )
-        console.print(f"task {task.name}: {task.template or 'its own'} prompts")
+        if task.template:
+            console.print(f"task {task.name}: {task.template} prompts")
     if model is None:
         raise BenchError("bench eval needs at least one task (--tasks gsm8k,math500)")
     if lm_eval:  # the same tasks through lm-evaluation-harness: greedy, same token budget
@@ -233,7 +239,7 @@ def evaluate_model(
         json.dumps({"params": params, "metrics": results, "run_id": tracker.run_id}, indent=2)
     )
     tracker.log_text(out.read_text(), "eval.json")
-    lines = "".join(json.dumps(r) + "\n" for r in samples)
+    lines = jsonl(samples)
     out.with_suffix(".samples.jsonl").write_text(lines)
     tracker.log_text(lines, "eval_samples.jsonl")
     tracker.end()

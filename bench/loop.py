@@ -29,7 +29,7 @@ from bench.core.paths import results_dir
 from bench.core.progress import bar, console
 from bench.core.rewards import score
 from bench.distributed import World
-from bench.evaluate import evaluate
+from bench.evaluate import evaluate, jsonl
 from bench.models import load_policy, n_params
 from bench.precision import compute_precision, frozen_reference, master_weights
 from bench.sharding import shard_reference
@@ -295,10 +295,6 @@ def run_eval(run: Run, step: int) -> None:
 def eval_samples_name(step: int) -> str:
     """The artifact with every completion scored by the eval at ``step``."""
     return f"eval_samples/step_{step:06d}.jsonl"
-
-
-def jsonl(records: list[dict]) -> str:
-    return "".join(json.dumps(r) + "\n" for r in records)
 
 
 def save_final_checkpoint(run: Run) -> None:
