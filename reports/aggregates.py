@@ -37,7 +37,6 @@ def _arch_without_its_init() -> None:
 _arch_without_its_init()
 
 from rliable import library as rly  # noqa: E402
-from rliable import metrics  # noqa: E402
 
 REPS = 2000  # bootstrap replications: stable to the 3rd decimal for these sizes
 
@@ -86,14 +85,27 @@ def score_matrices(finals: pd.DataFrame) -> dict[str, np.ndarray]:
     return out
 
 
+def iqm_and_mean(scores: np.ndarray) -> np.ndarray:
+    """[IQM, mean] of all runs and tasks: rliable's ``aggregate_iqm`` (scipy's ``trim_mean`` at
+    25%: the same ``np.partition`` and slice, bitwise equal, tested) and ``aggregate_mean``
+    without scipy's per-call wrapper (~0.25 ms, x 2000 replications x each algorithm)."""
+    flat = np.ravel(scores)
+    n = flat.size
+    cut = int(0.25 * n)
+    iqm = np.mean(np.partition(flat, (cut, n - cut - 1))[cut : n - cut])
+    return np.array([iqm, np.mean(np.mean(scores, axis=0))])
+
+
+def score_distribution(scores: np.ndarray, taus: np.ndarray) -> np.ndarray:
+    """rliable's run-score performance profile (share of runs above each tau) as one array
+    operation: its default ``np.vectorize`` over taus took ~10 s of a 15-run report."""
+    return np.mean(np.ravel(scores)[:, None] > np.asarray(taus)[None, :], axis=0)
+
+
 def aggregate_table(scores: dict[str, np.ndarray], seed: int = 0) -> pd.DataFrame:
     """IQM and mean with 95% stratified bootstrap intervals, per algorithm."""
-
-    def both(x):
-        return np.array([metrics.aggregate_iqm(x), metrics.aggregate_mean(x)])
-
     with numpy_seed(seed):
-        point, interval = rly.get_interval_estimates(scores, both, reps=reps_for(scores))
+        point, interval = rly.get_interval_estimates(scores, iqm_and_mean, reps=reps_for(scores))
     rows = []
     for algo in scores:
         (iqm, mean), ci = point[algo], interval[algo]
@@ -121,32 +133,39 @@ def probability_of_improvement(scores_x: np.ndarray, scores_y: np.ndarray) -> fl
     runs are the same (as rliable); averaged over tasks. Equal to rliable's (tested)."""
     x, y = scores_x[:, None, :], scores_y[None, :, :]
     per_task = ((x > y) + 0.5 * (x == y)).mean(axis=(0, 1))
-    same = [np.array_equal(scores_x[:, t], scores_y[:, t]) for t in range(scores_x.shape[1])]
+    same = (
+        (scores_x == scores_y).all(axis=0)
+        if scores_x.shape == scores_y.shape
+        else np.zeros(scores_x.shape[1], bool)
+    )
     return float(np.mean(np.where(same, 0.5, per_task)))
 
 
 def improvement_table(scores: dict[str, np.ndarray], seed: int = 0) -> pd.DataFrame:
     """P(X > Y) for each ordered pair, with its 95% stratified bootstrap interval (rliable's
-    bootstrap, the metric above)."""
-    pairs = {f"{x},{y}": (scores[x], scores[y]) for x in scores for y in scores if x != y}
+    bootstrap, the metric above). Each unordered pair is bootstrapped once: with ties counted
+    half, P(Y > X) = 1 - P(X > Y) in every replication, so the reverse pair's interval is
+    [1 - high, 1 - low] of the same replications (half the work, tested)."""
+    names = list(scores)
+    pairs = {(x, y): (scores[x], scores[y]) for i, x in enumerate(names) for y in names[i + 1 :]}
     with numpy_seed(seed):
         point, interval = rly.get_interval_estimates(
             pairs, probability_of_improvement, reps=reps_for(scores)
         )
-    rows = []
-    for key in pairs:
-        x, y = key.split(",")
+    found = {}
+    for (x, y), p in point.items():
+        low, high = np.ravel(interval[(x, y)])[:2]
         if reps_for(scores) == 1:  # one run per cell: no interval to give ("-")
-            interval[key] = np.full(2, np.nan)
-        rows.append(
-            {
-                "X": x,
-                "Y": y,
-                "P(X > Y)": float(np.ravel(point[key])[0]),
-                "low": float(np.ravel(interval[key])[0]),
-                "high": float(np.ravel(interval[key])[1]),
-            }
-        )
+            low = high = np.nan
+        found[(x, y)] = (float(p), float(low), float(high))
+        found[(y, x)] = (1 - float(p), 1 - float(high), 1 - float(low))
+    rows = [
+        {"X": x, "Y": y, "P(X > Y)": p, "low": low, "high": high}
+        for x in names
+        for y in names
+        if x != y
+        for p, low, high in [found[(x, y)]]
+    ]
     return pd.DataFrame(rows)
 
 
@@ -158,7 +177,9 @@ def profiles_figure(
     hi = max(s.max() for s in scores.values())
     taus = np.linspace(lo, hi, 101)
     with numpy_seed(seed):
-        profiles, cis = rly.create_performance_profile(scores, taus, reps=reps_for(scores))
+        profiles, cis = rly.create_performance_profile(
+            scores, taus, custom_profile_func=score_distribution, reps=reps_for(scores)
+        )
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=120)
     for algo, prof in profiles.items():
         (line,) = left.plot(taus, prof, label=algo)

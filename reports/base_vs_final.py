@@ -20,18 +20,25 @@ from reports.tables import md_table
 SAMPLES_DIR = "eval_samples"
 
 
-def greedy_answers(uri: str, run_id: str) -> dict[int, pd.DataFrame]:
-    """step -> that eval's greedy records (task, problem, completion, extracted, gold, correct)."""
+def greedy_answers(uri: str, run_id: str, ends_only: bool = False) -> dict[int, pd.DataFrame]:
+    """step -> that eval's greedy records (task, problem, completion, extracted, gold, correct);
+    ``ends_only``: the first and the last eval only (all a comparison with base needs)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per file
     c = client(uri)
+    files = {
+        int(Path(a.path).stem.removeprefix("step_")): a.path
+        for a in c.list_artifacts(run_id, SAMPLES_DIR)
+    }
+    if ends_only and files:
+        files = {s: files[s] for s in {min(files), max(files)}}
     steps = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for item in c.list_artifacts(run_id, SAMPLES_DIR):
-            path = Path(c.download_artifacts(run_id, item.path, tmp))
+        for step, item in sorted(files.items()):
+            path = Path(c.download_artifacts(run_id, item, tmp))
             records = [json.loads(line) for line in path.read_text().splitlines() if line]
             frame = pd.DataFrame(records)
             if not frame.empty:
-                steps[int(path.stem.removeprefix("step_"))] = frame[frame["mode"] == "greedy"]
+                steps[step] = frame[frame["mode"] == "greedy"]
     return steps
 
 
@@ -49,7 +56,7 @@ def base_vs_final(runs: pd.DataFrame, uri: str) -> tuple[pd.DataFrame, dict[str,
     algorithm's final records (its first seed) for reading."""
     rows, finals = [], {}
     for _, run in runs.sort_values(["params.label", "params.seed"]).iterrows():
-        steps = greedy_answers(uri, run["run_id"])
+        steps = greedy_answers(uri, run["run_id"], ends_only=True)
         if 0 not in steps or max(steps) == 0:
             continue
         base, final = steps[0], steps[max(steps)]

@@ -75,9 +75,16 @@ def with_holm(paired: pd.DataFrame) -> pd.DataFrame:
 P_COLUMNS = ("p_sign_flip", "p_sign_flip_holm", "smallest_p", "t_p", "t_p_holm")
 
 
+SEED_COLUMNS = {"seeds_for_observed", "seeds_for_target"}
+
+
 def printable(paired: pd.DataFrame) -> pd.DataFrame:
-    """p-values as numbers people read (``2.4e-05``, ``0.0625``), not ``0.000``."""
-    return paired.assign(**{c: paired[c].map(format_p) for c in P_COLUMNS if c in paired})
+    """p-values as numbers people read (``2.4e-05``, ``0.0625``), not ``0.000``; seed counts as
+    whole numbers (``6``, not ``6.000``), ``-`` where there is none."""
+    out = paired.assign(**{c: paired[c].map(format_p) for c in P_COLUMNS if c in paired})
+    for c in SEED_COLUMNS & set(out):
+        out[c] = out[c].map(lambda v: "-" if v is None or v != v else str(int(v)))
+    return out
 
 
 def coverage_note(scores: dict) -> str:

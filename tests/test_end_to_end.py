@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import pandas as pd
 import pytest
@@ -174,7 +175,8 @@ def test_html_report_renders_in_a_real_browser(store, tmp_path):
     uri, _ = store
     result = build_report("e2e", uri, tmp_path / "rep")
     html = (tmp_path / "rep" / "report.html").read_text()
-    assert "<table>" in html and html.count("data:image/png;base64,") >= 2 and ".png)" not in html
+    assert "<table>" in html and html.count("data:image/png;base64,") >= 2
+    assert not re.search(r'src="[^"]*\.png"', html)  # every image embedded
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("chromium is not installed (.ci/run installs Debian's chromium)")

@@ -7,13 +7,13 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from rliable import metrics
 from scipy import stats
 
 from reports.aggregates import (
     REPS,
     aggregate_table,
     improvement_table,
-    metrics,
     reps_for,
     rly,
     score_matrices,
@@ -217,7 +217,9 @@ def test_the_report_adjusts_its_comparisons_by_holm():
     assert (adjusted >= raw).all() and adjusted.min() == min(1.0, 3 * raw.min())
     for v, p in zip(paired["verdict"], adjusted, strict=True):
         assert v.startswith("differ") == (p < 0.05)
-    assert all(s != "0.000" for s in printable(paired)["t_p"])
+    shown = printable(paired)
+    assert all(s != "0.000" for s in shown["t_p"])
+    assert all(s == "-" or s.isdigit() for s in shown["seeds_for_observed"])  # 6, not 6.000
 
 
 def test_the_fast_probability_of_improvement_equals_rliables():
@@ -234,11 +236,40 @@ def test_the_fast_probability_of_improvement_equals_rliables():
         assert probability_of_improvement(same, same) == 0.5
     scores = {"a": rng.normal(0.5, 0.05, (3, 2)), "b": rng.normal(0.52, 0.05, (3, 2))}
     mine = improvement_table(scores, seed=1)
-    pairs = {"a,b": (scores["a"], scores["b"]), "b,a": (scores["b"], scores["a"])}
+    pairs = {"a,b": (scores["a"], scores["b"])}
     with numpy_seed(1):
-        _, theirs = rly.get_interval_estimates(pairs, metrics.probability_of_improvement, reps=REPS)
+        point, theirs = rly.get_interval_estimates(
+            pairs, metrics.probability_of_improvement, reps=REPS
+        )
     assert mine.loc[0, "low"] == pytest.approx(theirs["a,b"][0], abs=1e-12)
-    assert mine.loc[1, "high"] == pytest.approx(theirs["b,a"][1], abs=1e-12)
+    assert mine.loc[0, "high"] == pytest.approx(theirs["a,b"][1], abs=1e-12)
+    # the reverse pair: the same replications read the other way round
+    assert mine.loc[1, "P(X > Y)"] == pytest.approx(1 - point["a,b"], abs=1e-12)
+    assert mine.loc[1, "low"] == pytest.approx(1 - theirs["a,b"][1], abs=1e-12)
+    assert mine.loc[1, "high"] == pytest.approx(1 - theirs["a,b"][0], abs=1e-12)
+
+
+def test_the_reverse_pair_is_one_minus_the_pair_in_every_replication():
+    from reports.aggregates import probability_of_improvement
+
+    rng = np.random.default_rng(2)
+    for _ in range(50):
+        x = rng.integers(0, 4, (rng.integers(1, 5), 2)) / 3
+        y = rng.integers(0, 4, (rng.integers(1, 5), 2)) / 3
+        assert probability_of_improvement(y, x) == pytest.approx(
+            1 - probability_of_improvement(x, y), abs=1e-12
+        )
+
+
+def test_the_fast_iqm_and_profile_equal_rliables_bitwise():
+    from reports.aggregates import iqm_and_mean, score_distribution
+
+    rng = np.random.default_rng(3)
+    taus = np.linspace(0, 1, 101)
+    for shape in ((1, 1), (3, 1), (5, 2), (8, 3), (7, 4)):
+        x = rng.integers(0, 9, shape) / 8 + rng.normal(0, 1e-3, shape) * (shape[0] % 2)
+        assert iqm_and_mean(x).tolist() == [metrics.aggregate_iqm(x), metrics.aggregate_mean(x)]
+        assert score_distribution(x, taus).tolist() == rly.score_distributions(x, taus).tolist()
 
 
 def _four_algorithms(n_seeds: int, shift: float, rng) -> pd.DataFrame:
