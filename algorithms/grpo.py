@@ -24,19 +24,25 @@ LossAgg = Literal["seq-mean-token-mean", "token-mean", "token-sum-norm"]
 
 
 @dataclass(frozen=True)
-class Config:
-    eps_low: float = 0.2  # lower clip range of the ratio (paper: 0.2)
-    eps_high: float = 0.2  # upper clip range (DAPO's clip-higher raises it to 0.28)
+class GroupAdvantage:
+    """The group-relative advantage and the KL term, shared by the GRPO family."""
+
     beta: float = 0.04  # KL coefficient against the reference policy (paper: 0.04)
     scale_rewards: bool = True  # divide by the group std (Dr. GRPO: False)
     std_unbiased: bool = True  # std with Bessel correction (torch/TRL default)
     adv_eps: float = 1e-4  # eps added to the std in the denominator (TRL: 1e-4)
-    loss_agg: LossAgg = "seq-mean-token-mean"  # how token losses become one number
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"  # per-token KL estimator (paper: k3)
+
+
+@dataclass(frozen=True)
+class Config(GroupAdvantage):
+    eps_low: float = 0.2  # lower clip range of the ratio (paper: 0.2)
+    eps_high: float = 0.2  # upper clip range (DAPO's clip-higher raises it to 0.28)
+    loss_agg: LossAgg = "seq-mean-token-mean"  # how token losses become one number
     kl_in: Literal["loss", "reward"] = "loss"  # KL as a loss term (paper) or a reward penalty
 
 
-def advantages(rewards: Tensor, group_ids: Tensor, cfg: Config) -> Tensor:
+def advantages(rewards: Tensor, group_ids: Tensor, cfg: GroupAdvantage) -> Tensor:
     """Group-relative advantage per completion, [B]."""
     adv = rewards - group_mean(rewards, group_ids)
     if cfg.scale_rewards:

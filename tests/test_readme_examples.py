@@ -44,19 +44,26 @@ def plugin(tmp_path):
         (ALGORITHMS if package == "algorithms" else TASKS)._items.pop(name, None)
 
 
-def test_the_algorithm_example_registers_and_computes_rloo_by_hand(plugin):
-    plugin(example("Add an algorithm: one file"), "algorithms", "rloo")
+def test_the_algorithm_example_is_the_real_file_and_computes_rloo_by_hand():
+    root = Path(__file__).resolve().parent.parent
+    assert example("Add an algorithm: one file") == (root / "algorithms" / "rloo.py").read_text()
     algo = ALGORITHMS.get("rloo")
     logp = torch.tensor([[-1.0, -1.0], [-2.0, 0.0], [-0.5, -0.5], [-3.0, -1.0]], requires_grad=True)
     batch = RolloutBatch(
         mask=torch.ones(4, 2),
         old_logp=logp.detach(),
+        ref_logp=logp.detach() - torch.tensor([[0.5], [0.0], [0.0], [0.25]]),
         rewards=torch.tensor([1.0, 0.0, 0.0, 2.0]),
         group_ids=torch.tensor([0, 0, 1, 1]),
     )
-    loss, _ = algo.loss(batch, PolicyOutput(logp=logp), algo.config())
-    # k=2: leave-one-out advantage = R_i - R_other: (1, -1, -2, 2); sequence log-probs (-2, -2, -1, -4)
-    assert loss.item() == pytest.approx(-(1 * -2 + -1 * -2 + -2 * -1 + 2 * -4) / 4)
+    loss, _ = algo.loss(batch, PolicyOutput(logp=logp), algo.config(beta=0.2))
+    # KL in the reward: 0.2 * sum_t (old - ref) = (0.2, 0, 0, 0.1) -> rewards (0.8, 0, 0, 1.9);
+    # k=2: leave-one-out advantage = R_i - R_other = (0.8, -0.8, -1.9, 1.9); on-policy the
+    # sequence ratio is 1 (gradient: -A_i * grad of the sequence log-prob), so the loss is -mean A
+    assert loss.item() == pytest.approx(0.0)
+    (g,) = torch.autograd.grad(loss, logp)
+    expected = -torch.tensor([0.8, -0.8, -1.9, 1.9])[:, None].expand(4, 2) / 4
+    assert torch.allclose(g, expected)
 
 
 def test_the_task_example_trains_two_steps_through_the_loop(plugin, tracking_uri):

@@ -56,8 +56,7 @@ def grpo_trainer(model_dir, tmp_path, **kw):
         num_generations=K,
         per_device_train_batch_size=G * K,
         max_completion_length=T,
-        epsilon=0.2,
-        **kw,
+        **{"epsilon": 0.2, **kw},
     )
     ds = Dataset.from_dict({"prompt": ["1+1="] * 4})
     trainer = trl.GRPOTrainer(
@@ -70,17 +69,39 @@ def grpo_trainer(model_dir, tmp_path, **kw):
     return trainer
 
 
+GROUP = dict(scale_rewards="group")  # TRL's group-std advantages, as GRPO's paper
+
+
 @pytest.mark.parametrize(
-    ("ours", "trl_kwargs"),
+    ("ours", "overrides", "trl_kwargs"),
     [
         (
             "grpo",
-            dict(loss_type="grpo", beta=0.04, scale_rewards="group", use_bias_correction_kl=False),
+            {},
+            dict(loss_type="grpo", beta=0.04, use_bias_correction_kl=False, **GROUP),
         ),
-        ("dr_grpo", dict(loss_type="dr_grpo", beta=0.0, scale_rewards="none")),
+        ("dr_grpo", {}, dict(loss_type="dr_grpo", beta=0.0, scale_rewards="none")),
+        ("dapo", {}, dict(loss_type="dapo", beta=0.0, epsilon_high=0.28, **GROUP)),
+        # sequence ratios move ~0.1 here: a wider clip than the paper's 3e-4/4e-4 keeps some
+        # sequences unclipped, so both branches of the min are compared
+        (
+            "gspo",
+            dict(eps_low=0.05, eps_high=0.08),
+            dict(
+                loss_type="grpo",
+                importance_sampling_level="sequence",
+                epsilon=0.05,
+                epsilon_high=0.08,
+                beta=0.0,
+                **GROUP,
+            ),
+        ),  # fmt: skip
+        # a cap the off-policy ratios here reach (the default 5.0 they never do)
+        ("cispo", dict(eps_max=1.2), dict(loss_type="cispo", epsilon_high=1.2, beta=0.0, **GROUP)),
+        ("sapo", {}, dict(loss_type="sapo", beta=0.0, **GROUP)),
     ],
 )
-def test_grpo_losses_equal_trl(ours, trl_kwargs, model_dir, tmp_path):
+def test_grpo_losses_equal_trl(ours, overrides, trl_kwargs, model_dir, tmp_path):
     trainer = grpo_trainer(model_dir, tmp_path, **trl_kwargs)
     prompt_ids, completion_ids, cmask, rewards, g = rollout()
     ids = torch.cat([prompt_ids, completion_ids], 1)
@@ -109,9 +130,10 @@ def test_grpo_losses_equal_trl(ours, trl_kwargs, model_dir, tmp_path):
     batch = RolloutBatch(
         mask=cmask.float(), old_logp=old, rewards=rewards, group_ids=group_ids, ref_logp=ref
     )
-    loss, metrics = algo.loss(batch, PolicyOutput(logp=logp), algo.config())
+    loss, metrics = algo.loss(batch, PolicyOutput(logp=logp), algo.config(**overrides))
     assert abs(loss.item() - expected.item()) <= 1e-6, (loss.item(), expected.item())
-    assert 0 < metrics["policy/clipfrac"] < 1  # both clipped and unclipped tokens are exercised
+    if "policy/clipfrac" in metrics:  # both clipped and unclipped tokens are exercised
+        assert 0 < metrics["policy/clipfrac"] < 1
     g_ours = torch.autograd.grad(loss, trainer.model.model.embed_tokens.weight, retain_graph=True)[
         0
     ]
@@ -164,6 +186,66 @@ def test_dpo_loss_equals_trl(model_dir, tmp_path):
     loss, _ = algo.loss(batch, PolicyOutput(logp=logp[order]), algo.config())
     assert abs(loss.item() - expected.item()) <= 1e-6, (loss.item(), expected.item())
     assert abs(loss.item() - 0.6931) > 1e-3  # policy != reference: not the trivial log 2
+
+
+def test_rloo_loss_equals_trl(model_dir, tmp_path):
+    """TRL's RLOOTrainer: a k1 KL penalty summed per sequence in the reward (old vs reference),
+    the leave-one-out baseline, a clipped ratio of whole-sequence probabilities, the mean over
+    sequences. Its advantages are made in ``_generate_and_score_completions`` (which needs a
+    generation): written out here as TRL computes them."""
+    args = trl.RLOOConfig(
+        output_dir=str(tmp_path),
+        bf16=False,
+        report_to="none",
+        use_cpu=True,
+        num_generations=K,
+        per_device_train_batch_size=G * K,
+        max_completion_length=T,
+        beta=0.05,
+        epsilon=0.2,
+    )
+    ds = Dataset.from_dict({"prompt": ["1+1="] * 4})
+    reward = lambda prompts, completions, **_: [0.0] * len(prompts)  # noqa: E731
+    trainer = trl.RLOOTrainer(model=model_dir, reward_funcs=reward, args=args, train_dataset=ds)
+    trainer.model.eval()
+    prompt_ids, completion_ids, cmask, rewards, g = rollout(seed=2)
+    ids = torch.cat([prompt_ids, completion_ids], 1)
+    attn = torch.cat([torch.ones_like(prompt_ids), cmask], 1)
+    logp = token_logps(trainer.model, ids, attn, T).logp
+    old = logp.detach() + 0.1 * torch.randn(logp.shape, generator=g)  # sequence ratios clip
+    ref = logp.detach() + 0.5 * torch.randn(logp.shape, generator=g)
+    # TRL (rloo_trainer._generate_and_score_completions), beta != 0, num_generations > 1:
+    kl = ((old - ref) * cmask).sum(-1)
+    penalised = rewards - 0.05 * kl
+    grouped = penalised.view(-1, K)
+    baselines = (grouped.sum(1, keepdim=True) - grouped) / (K - 1)
+    adv = penalised - baselines.view(-1)
+    inputs = dict(
+        prompt_ids=prompt_ids,
+        prompt_mask=torch.ones_like(prompt_ids),
+        completion_ids=completion_ids,
+        completion_mask=cmask,
+        old_logps=(old * cmask).sum(1),
+        advantages=adv,
+    )
+    expected = trainer._compute_loss(trainer.model, inputs)
+    batch = RolloutBatch(
+        mask=cmask.float(),
+        old_logp=old,
+        rewards=rewards,
+        group_ids=torch.arange(G).repeat_interleave(K),
+        ref_logp=ref,
+    )
+    algo = ALGORITHMS.get("rloo")
+    loss, _ = algo.loss(batch, PolicyOutput(logp=logp), algo.config())
+    assert abs(loss.item() - expected.item()) <= 1e-6, (loss.item(), expected.item())
+    ratio = torch.exp(((logp.detach() - old) * cmask).sum(-1))
+    outside = ((ratio - 1).abs() > 0.2).float().mean()
+    assert 0 < outside < 1  # clipped and unclipped sequences both exercised
+    weight = trainer.model.model.embed_tokens.weight
+    g_ours = torch.autograd.grad(loss, weight, retain_graph=True)[0]
+    g_trl = torch.autograd.grad(expected, weight)[0]
+    assert torch.allclose(g_ours, g_trl, atol=1e-6)
 
 
 @pytest.mark.slow
