@@ -77,6 +77,25 @@ REFERENCE_SOURCES = ("reference", "mixture")
 
 
 @dataclass(frozen=True)
+class DynamicSampling:
+    """DAPO's dynamic sampling, for any algorithm: groups whose rewards are all equal are dropped
+    and more prompts drawn (the same prompt stream) until the batch holds the wanted number."""
+
+    min_informative_groups: Size = 0  # groups with reward spread wanted per step (0 = off)
+    max_draws: Count = 4  # rollout draws per step at most (then the step goes on with fewer)
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """Shaping added to every task's reward, for any algorithm (off by default)."""
+
+    # DAPO's soft overlong punishment: 0 up to max_new_tokens - N tokens, then linearly down to
+    # -overlong_penalty at the budget (0 = off; DAPO: 4096 of a 20480-token budget)
+    overlong_cache: Size = 0
+    overlong_penalty: NonNegative = 1.0  # the punishment of a completion at the budget
+
+
+@dataclass(frozen=True)
 class SamplingConfig:
     k: GroupSize = 4  # completions per prompt (group size)
     max_new_tokens: Count = 6  # completion budget; longer completions are cut (clip_ratio)
@@ -91,6 +110,7 @@ class SamplingConfig:
     # engine=vllm: share of GPU memory for the engine
     vllm_gpu_memory_utilization: Annotated[float, Range(gt=0, le=1)] = 0.5
     vllm_tensor_parallel_size: Count = 1  # engine=vllm: GPUs per engine
+    dynamic: DynamicSampling = field(default_factory=DynamicSampling)  # DAPO's dynamic sampling
 
 
 @dataclass(frozen=True)
@@ -141,6 +161,7 @@ class TrackingConfig:
 
 @dataclass(frozen=True)
 class CompareConfig:
+    # the algorithms a comparison runs ([all]: every registered one)
     algorithms: list[str] = field(default_factory=lambda: ["gvpo", "grpo", "dr_grpo", "dpo", "ppo"])
     seeds: Count = 3  # seeds 0..N-1 per algorithm
 
@@ -153,6 +174,7 @@ class RunConfig:
     run_name: str = ""  # "" = task__algorithm__seed
     model: ModelConfig = field(default_factory=ModelConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -357,6 +379,19 @@ def build_dataclass(cls: type, data: dict, path: tuple[str, ...] = (), src: _Sou
     return cls(**kwargs)
 
 
+def _every_algorithm(cfg: RunConfig) -> RunConfig:
+    """``compare.algorithms: [all]`` (``--algorithms all``): every registered algorithm, the
+    paper's five first (the report pairs the others against the first)."""
+    from algorithms import ALGORITHMS
+
+    if cfg.compare.algorithms != ["all"]:
+        return cfg
+    paper = [a for a in CompareConfig().algorithms if a in ALGORITHMS]  # gvpo first: the reference
+    rest = [a for a in ALGORITHMS.names() if a not in paper]
+    every = dataclasses.replace(cfg.compare, algorithms=paper + rest)
+    return dataclasses.replace(cfg, compare=every)
+
+
 def _check_registered(cfg: RunConfig, src: _Source) -> None:
     from algorithms import ALGORITHMS
     from tasks import TASKS
@@ -407,6 +442,11 @@ def _check_consistent(cfg: RunConfig, src: _Source) -> None:
         raise BenchError(
             f"{src.of(('sampling', 'k'))}: group-based algorithms need sampling.k >= 2"
         )
+    if cfg.reward.overlong_cache > cfg.sampling.max_new_tokens:
+        raise BenchError(
+            f"{src.of(('reward', 'overlong_cache'))}: reward.overlong_cache="
+            f"{cfg.reward.overlong_cache} exceeds sampling.max_new_tokens={cfg.sampling.max_new_tokens}"
+        )
 
 
 def load_config(
@@ -427,7 +467,7 @@ def load_config(
         src.where[("algorithms", algo, text.split("=", 1)[0].split(".", 1)[1])] = (
             f"override '{text}'"
         )
-    cfg = build_dataclass(RunConfig, data, (), src)
+    cfg = _every_algorithm(build_dataclass(RunConfig, data, (), src))
     _check_registered(cfg, src)
     _check_consistent(cfg, src)
     return cfg
@@ -441,13 +481,20 @@ def flatten(cfg: RunConfig) -> dict[str, Any]:
         "seed": cfg.seed,
         "label": cfg.label,
     }
-    for section in ("model", "sampling", "train", "eval"):
-        for k, v in dataclasses.asdict(getattr(cfg, section)).items():
-            out[f"{section}.{k}"] = v
+    for section in ("model", "sampling", "reward", "train", "eval"):
+        out |= _flat(dataclasses.asdict(getattr(cfg, section)), section)
     for k, v in dataclasses.asdict(cfg.algo_config()).items():
         out[f"algorithm.{k}"] = v
     for k, v in dataclasses.asdict(cfg.task_config()).items():
         out[f"task.{k}"] = v
+    return out
+
+
+def _flat(values: dict, prefix: str) -> dict[str, Any]:
+    """{"dynamic": {"max_draws": 4}} -> {"<prefix>.dynamic.max_draws": 4}."""
+    out = {}
+    for k, v in values.items():
+        out |= _flat(v, f"{prefix}.{k}") if isinstance(v, dict) else {f"{prefix}.{k}": v}
     return out
 
 

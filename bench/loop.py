@@ -21,14 +21,15 @@ import torch
 from rich.markup import escape
 
 from algorithms import ALGORITHMS
-from bench import checkpoint, distributed
+from bench import checkpoint, distributed, dynamic
 from bench.config import RunConfig, config_hash, flatten, to_yaml
 from bench.core.errors import BenchError
 from bench.core.generation import Generation, Sampler, Source
 from bench.core.paths import results_dir
 from bench.core.progress import bar, console
-from bench.core.rewards import score
+from bench.core.rewards import overlong_penalty, score
 from bench.distributed import World
+from bench.dynamic import Drawn
 from bench.evaluate import evaluate, jsonl
 from bench.models import load_policy, n_params
 from bench.precision import compute_precision, frozen_reference, master_weights
@@ -210,47 +211,72 @@ def draw(run: Run) -> tuple[list[dict], Generation]:
 
 
 def rewards_of(run: Run, rows: list[dict], gen: Generation) -> tuple[torch.Tensor, int]:
-    """(rewards [B], unscorable count): the source's own (offline pairs) or the task's reward."""
+    """(rewards [B], unscorable count): the source's own (offline pairs) or the task's reward,
+    with the overlong punishment when ``reward.overlong_cache`` is set."""
     if gen.rewards is not None:
         return gen.rewards, 0
-    return score(run.task.reward, [r["prompt"] for r in rows], gen.texts, rows)
+    rewards, n_none = score(run.task.reward, [r["prompt"] for r in rows], gen.texts, rows)
+    r = run.cfg.reward
+    if r.overlong_cache:
+        lengths = gen.completion_mask.sum(-1)
+        budget = run.cfg.sampling.max_new_tokens
+        rewards = rewards + overlong_penalty(lengths, budget, r.overlong_cache, r.overlong_penalty)
+    return rewards, n_none
 
 
-def rollout_metrics(run: Run, gen: Generation, rewards: torch.Tensor, n_none: int) -> dict:
-    k = run.cfg.sampling.k
+def draw_scored(run: Run) -> Drawn:
+    """One rollout draw of the step's prompts, scored."""
+    rows, gen = draw(run)
+    rewards, n_none = rewards_of(run, rows, gen)
+    tokens = int(gen.completion_mask.sum().item())
+    return Drawn(rows, gen, rewards, n_none, tokens, groups_drawn=len(rows) // run.cfg.sampling.k)
+
+
+def warn(run: Run, message: str) -> None:
+    if run.world.main:
+        console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False)
+
+
+def rollout_metrics(run: Run, d: Drawn) -> dict:
+    k, gen, rewards = run.cfg.sampling.k, d.gen, d.rewards
     lengths = gen.completion_mask.sum(-1).float()
     g = rewards.view(-1, k)
     return {
         "train/reward/mean": rewards.mean().item(),
         "train/reward/std": rewards.std().item() if rewards.numel() > 1 else 0.0,
         "train/reward/frac_zero_std": (g.std(dim=1) == 0).float().mean().item(),
-        "train/reward/unscorable_frac": n_none / len(rewards),
+        "train/reward/unscorable_frac": d.unscorable / (d.groups_drawn * k),
         "response_length/mean": lengths.mean().item(),
         "response_length/max": lengths.max().item(),
         "response_length/clip_ratio": gen.truncated.float().mean().item(),
         "rollout/replay_frac": run.source.replay_frac,
+        "rollout/draws": d.draws,  # > 1 only with sampling.dynamic
+        "rollout/groups_drawn": d.groups_drawn,
+        "rollout/groups_kept": len(rewards) // k,
     }
 
 
 def train_step(run: Run, step: int) -> dict[str, float]:
-    """Draw, score, build the batch, update; returns the step's metrics."""
+    """Draw (and with sampling.dynamic draw again), score, build the batch, update; returns the
+    step's metrics."""
     t0 = time.time()
-    rows, gen = draw(run)
-    rewards, n_none = rewards_of(run, rows, gen)
-    batch = run.learner.make_batch(gen, rewards)
+    s = run.cfg.sampling
+    d = dynamic.fill(
+        lambda: draw_scored(run), s.k, s.dynamic, run.tokenizer.pad_token_id, lambda m: warn(run, m)
+    )
+    batch = run.learner.make_batch(d.gen, d.rewards)
     metrics = run.learner.update(batch, run.counters)
     run.sampler.weights_changed()
-    n_tokens = gen.completion_mask.sum().item()
-    run.counters.tokens_generated += n_tokens
-    run.counters.unscorable += n_none
+    run.counters.tokens_generated += d.tokens
+    run.counters.unscorable += d.unscorable
     dt = time.time() - t0
-    keep_samples(run, step, rows, gen, rewards)
+    keep_samples(run, step, d.rows, d.gen, d.rewards)
     return (
         metrics
-        | rollout_metrics(run, gen, rewards, n_none)
+        | rollout_metrics(run, d)
         | {
             "perf/step_s": dt,
-            "perf/tokens_per_s": n_tokens / dt,
+            "perf/tokens_per_s": d.tokens / dt,
             "perf/lr": run.learner.sched.get_last_lr()[0],
             "perf/cum_tokens_generated": run.counters.tokens_generated,  # x axes for reports
             "perf/elapsed_s": run.elapsed(),

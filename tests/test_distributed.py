@@ -25,7 +25,10 @@ from tests.pause import stopped
 
 WORKER = str(Path(__file__).with_name("distributed_worker.py"))
 COMMON = "model.num_layers=2,sampling.k=4"
-ALGOS = ALGORITHMS.names()
+# the paper's five, and REINFORCE++ (advantages whitened over the whole batch: statistics across
+# every rank's rows); the other GRPO-family losses share GRPO's data flow (a pure function of
+# the minibatch: their exact micro-batching is tested per algorithm in tests/test_microbatch.py)
+ALGOS = [a for a in ("gvpo", "grpo", "dr_grpo", "dpo", "ppo", "reinforce_pp") if a in ALGORITHMS]
 MICRO = ("gvpo", "grpo")  # group statistics (gvpo) and a token mean (grpo)
 
 
@@ -37,6 +40,9 @@ def _specs(sharding: str) -> list[str]:
         specs.append(f"minibatches=algorithm=grpo,{mb},{extra}{COMMON}")
         replay = "sampling.replay_ratio=0.5,train.prompt_pool=8"  # prompts recur: replayed rows
         specs.append(f"replay=algorithm=gvpo,{replay},{extra}{COMMON}")
+        # every rank keeps the same groups: it decides from the whole generation's rewards
+        dynamic = "sampling.dynamic.min_informative_groups=6,sampling.dynamic.max_draws=3"
+        specs.append(f"dynamic=algorithm=dapo,{dynamic},{extra}{COMMON}")
     # AdamW turns the rounding noise of a gradient that is zero in exact arithmetic (k_proj's
     # bias: softmax ignores a shift; rarely seen embedding rows) into steps of ~0.1 lr, and
     # one-row micro-batches round differently from one pass: there SGD shows the gradient
@@ -132,7 +138,7 @@ def _same(one: dict, two: dict) -> None:
 @pytest.mark.parametrize(
     ("sharding", "name"),
     [(s, a) for s in ("ddp", "fsdp") for a in ALGOS]
-    + [("ddp", "minibatches"), ("ddp", "replay"), ("fsdp", "mixture")]
+    + [("ddp", "minibatches"), ("ddp", "replay"), ("ddp", "dynamic"), ("fsdp", "mixture")]
     + [("ddp", "skip"), ("fsdp", "skip")],
 )
 def test_two_processes_sample_train_and_log_what_one_does(recorded, sharding, name):

@@ -194,7 +194,7 @@ def test_html_report_renders_in_a_real_browser(store, tmp_path):
             "--disable-sync",
             f"--user-data-dir={tmp_path / 'profile'}",
             f"--screenshot={shot}",
-            "--window-size=1200,1600",
+            "--window-size=1200,4000",  # the plots sit below a table of every algorithm
             (tmp_path / "rep" / "report.html").as_uri(),
         ],
         check=True,
@@ -202,7 +202,7 @@ def test_html_report_renders_in_a_real_browser(store, tmp_path):
         timeout=120,
     )
     img = mpimg.imread(shot)[..., :3]
-    assert img.shape[0] == 1600 and img.shape[1] == 1200
+    assert img.shape[0] == 4000 and img.shape[1] == 1200
     dark = (img.mean(-1) < 0.3).mean()  # text and plot lines
     colour = (img.std(-1) > 0.1).mean()  # coloured plot lines / bands
     assert 0.001 < dark < 0.5 and colour > 0.0005, (dark, colour)

@@ -32,6 +32,8 @@ CASES = {
     "ppo": ["algorithm=ppo"],  # a value head
     "gvpo_replay": ["algorithm=gvpo", "sampling.replay_ratio=0.5", "train.prompt_pool=8"],
     "grpo": ["algorithm=grpo"],  # a reference
+    # extra draws move the prompt stream and the generator within a step
+    "dapo_dynamic": ["algorithm=dapo", "sampling.dynamic.min_informative_groups=3"],
 }
 
 

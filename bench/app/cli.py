@@ -171,7 +171,8 @@ def compare(
         typer.Argument(help="[PRESET] then key=value overrides", metavar="[PRESET] [KEY=VALUE]"),
     ] = None,
     algorithms: Annotated[
-        str | None, typer.Option(help="comma-separated, default: the preset's compare.algorithms")
+        str | None,
+        typer.Option(help="comma-separated or all; default: the preset's compare.algorithms"),
     ] = None,
     seeds: Annotated[int | None, typer.Option(min=1, help="seeds 0..N-1 per algorithm")] = None,
     workers: Annotated[

@@ -30,3 +30,11 @@ def score(
     return torch.tensor(
         [none_value if r is None else float(r) for r in raw], dtype=torch.float32
     ), n_none
+
+
+def overlong_penalty(lengths: torch.Tensor, budget: int, cache: int, scale: float = 1.0):
+    """DAPO's soft overlong punishment (Yu et al. 2025, Sec. 3.4), added to the task reward: 0 up
+    to ``budget - cache`` tokens, then falling linearly to ``-scale`` at the budget (a completion
+    cut at the budget gets ``-scale``). ``lengths`` [N]: completion tokens, EOS included."""
+    over = (lengths.to(torch.float32) - (budget - cache)).clamp(min=0)
+    return -scale * (over / cache).clamp(max=1.0)
