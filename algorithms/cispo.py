@@ -32,11 +32,7 @@ def cispo_loss(batch: RolloutBatch, out: PolicyOutput, cfg: Config) -> tuple[tor
     ratio = torch.exp(out.logp - batch.old_logp)
     weight = torch.clamp(ratio, max=cfg.eps_max).detach()
     per_token = -weight * adv * out.logp
-    metrics = {}
-    if cfg.beta:
-        kl = grpo.kl_per_token(out.logp, batch.ref_logp, cfg.kl_estimator)
-        per_token = per_token + cfg.beta * kl
-        metrics["train/kl_loss"] = masked_mean(kl.detach(), mask).item()
+    per_token, metrics = grpo.add_kl(per_token, batch, out, cfg)
     loss = grpo.aggregate(per_token, mask, cfg.loss_agg)
     capped = (ratio > cfg.eps_max) & (adv > 0)  # as TRL's cispo_clip_ratio
     metrics |= {

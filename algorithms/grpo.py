@@ -60,6 +60,15 @@ def kl_per_token(logp: Tensor, ref_logp: Tensor, estimator: str) -> Tensor:
     return torch.exp(d) - d - 1
 
 
+def add_kl(per_token: Tensor, batch: RolloutBatch, out: PolicyOutput, cfg: GroupAdvantage):
+    """(per_token + beta * KL(pi || pi_ref) per token, {"train/kl_loss": its mean}); unchanged
+    when beta is 0."""
+    if not cfg.beta:
+        return per_token, {}
+    kl = kl_per_token(out.logp, batch.ref_logp, cfg.kl_estimator)
+    return per_token + cfg.beta * kl, {"train/kl_loss": masked_mean(kl.detach(), batch.mask).item()}
+
+
 def aggregate(per_token: Tensor, mask: Tensor, mode: str) -> Tensor:
     """[B, T] token losses -> scalar. token-sum-norm divides by B * T (T = max_new_tokens)."""
     if mode == "seq-mean-token-mean":
@@ -82,10 +91,8 @@ def grpo_loss(batch: RolloutBatch, out: PolicyOutput, cfg: Config) -> tuple[Tens
         out.logp, batch.old_logp, adv[:, None], cfg.eps_low, cfg.eps_high
     )
     metrics = {}
-    if cfg.beta and cfg.kl_in == "loss":
-        kl = kl_per_token(out.logp, batch.ref_logp, cfg.kl_estimator)
-        per_token = per_token + cfg.beta * kl
-        metrics["train/kl_loss"] = masked_mean(kl.detach(), mask).item()
+    if cfg.kl_in == "loss":
+        per_token, metrics = add_kl(per_token, batch, out, cfg)
     loss = aggregate(per_token, mask, cfg.loss_agg)
     metrics |= {
         "policy/clipfrac": masked_mean(clipped.float(), mask).item(),

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from algorithms import Algorithm, Needs, grpo, register
-from bench.core.batch import PolicyOutput, RolloutBatch, masked_mean, seq_sum
+from bench.core.batch import PolicyOutput, RolloutBatch, seq_sum
 
 
 @dataclass(frozen=True)
@@ -37,11 +37,7 @@ def gspo_loss(batch: RolloutBatch, out: PolicyOutput, cfg: Config) -> tuple[torc
     clipped_ratio = torch.clamp(ratio, 1 - cfg.eps_low, 1 + cfg.eps_high)
     per_seq = -torch.min(ratio * adv, clipped_ratio * adv)
     per_token = per_seq[:, None].expand_as(mask)
-    metrics = {}
-    if cfg.beta:
-        kl = grpo.kl_per_token(out.logp, batch.ref_logp, cfg.kl_estimator)
-        per_token = per_token + cfg.beta * kl
-        metrics["train/kl_loss"] = masked_mean(kl.detach(), mask).item()
+    per_token, metrics = grpo.add_kl(per_token, batch, out, cfg)
     loss = grpo.aggregate(per_token, mask, "seq-mean-token-mean")
     clipped = ((ratio < 1 - cfg.eps_low) & (adv < 0)) | ((ratio > 1 + cfg.eps_high) & (adv > 0))
     metrics |= {

@@ -33,11 +33,7 @@ def sapo_loss(batch: RolloutBatch, out: PolicyOutput, cfg: Config) -> tuple[torc
     tau = torch.where(adv > 0, cfg.tau_pos, cfg.tau_neg)
     gate = torch.sigmoid(tau * (ratio - 1)) * 4 / tau
     per_token = -gate * adv
-    metrics = {}
-    if cfg.beta:
-        kl = grpo.kl_per_token(out.logp, batch.ref_logp, cfg.kl_estimator)
-        per_token = per_token + cfg.beta * kl
-        metrics["train/kl_loss"] = masked_mean(kl.detach(), mask).item()
+    per_token, metrics = grpo.add_kl(per_token, batch, out, cfg)
     loss = grpo.aggregate(per_token, mask, "seq-mean-token-mean")
     metrics |= {
         "policy/gate_mean": masked_mean((gate * tau / 4).detach(), mask).item(),  # 0.5 on-policy
