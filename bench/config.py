@@ -150,6 +150,21 @@ class EvalConfig:
     max_prompts: Count = 400  # eval prompts used (first N of the task's eval split)
     k: Size = 4  # sampled completions per prompt for avg@k / maj@k / pass@k (0 = greedy only)
     temperature: Positive = 1.0  # temperature of the sampled eval (greedy accuracy uses none)
+    # the rows evaluated: the eval split, or the task's validation split (tuning runs: they do
+    # not train on those rows either)
+    split: Literal["eval", "validation"] = "eval"
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """``bench compare --tune``: each algorithm's search, scored on the validation split."""
+
+    # key -> "lo..hi", "lo..hi:log" or "v1,v2,...": shared keys (train.lr) and per-algorithm
+    # ones (algorithms.gvpo.beta), the latter for that algorithm only
+    space: dict[str, str] = field(default_factory=dict)
+    trials: Count = 8  # trials per algorithm (the same for every one)
+    seeds: Count = 2  # tuning seeds per trial: 1000, 1001, ... (never a test seed)
+    sampler: Literal["tpe", "random"] = "tpe"  # Optuna's TPE (seeded per algorithm) or random
 
 
 @dataclass(frozen=True)
@@ -179,6 +194,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     algorithms: dict[str, dict] = field(default_factory=dict)  # per-algorithm hyperparameters
     tasks: dict[str, dict] = field(default_factory=dict)  # per-task settings
 

@@ -38,6 +38,11 @@ def in_calls(sampler: Sampler, prompts: list[str], k: int, progress, generate) -
     return Generation.cat(parts)
 
 
+def split_rows(task, split: str) -> list[dict]:
+    """The rows of ``split``: the task's eval rows, or its validation rows (tuning)."""
+    return task.validation_rows() if split == "validation" else task.eval_rows()
+
+
 def evaluate(
     model,
     tokenizer,
@@ -53,7 +58,7 @@ def evaluate(
     """Metrics named ``eval/<task>/<metric>``. Unscorable answers count as wrong and are counted.
     ``progress(n)`` is told each time n more problems are done (greedy, then sampled); every
     scored completion is appended to ``samples`` (``scored``) when it is given."""
-    rows = task.eval_rows()[: ecfg.max_prompts]
+    rows = split_rows(task, ecfg.split)[: ecfg.max_prompts]
     prompts = [r["prompt"] for r in rows]
     budget = scfg.max_new_tokens
     greedy = in_calls(
@@ -189,7 +194,7 @@ def evaluate_model(
         ecfg = EvalConfig(max_prompts=limit or 10**9, k=k, temperature=temperature)
         scfg = SamplingConfig(max_new_tokens=max_new_tokens, engine=engine)
         sampler = sampler or make_sampler(scfg, seed)  # one engine for every task
-        n = min(len(task.eval_rows()), ecfg.max_prompts) * (2 if k > 0 else 1)
+        n = min(len(split_rows(task, ecfg.split)), ecfg.max_prompts) * (2 if k > 0 else 1)
         with bar() as progress:
             job = progress.add_task(f"eval {task.name}", total=n, info="problems (greedy, sampled)")
             results |= evaluate(

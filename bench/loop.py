@@ -30,7 +30,7 @@ from bench.core.progress import bar, console
 from bench.core.rewards import overlong_penalty, score
 from bench.distributed import World
 from bench.dynamic import Drawn
-from bench.evaluate import evaluate, jsonl
+from bench.evaluate import evaluate, jsonl, split_rows
 from bench.models import load_policy, n_params
 from bench.precision import compute_precision, frozen_reference, master_weights
 from bench.sharding import shard_reference
@@ -115,9 +115,12 @@ class Run:
 def train_pool(cfg: RunConfig, task: Task) -> list[dict]:
     """The rows RL draws prompts from (offline: the task's preference pairs). Checked, with the
     eval split, before anything is logged: a data problem leaves no FAILED run behind."""
-    if not task.eval_rows():
-        raise BenchError(f"task '{task.name}' has no eval rows")
+    if not split_rows(task, cfg.eval.split):
+        raise BenchError(f"task '{task.name}' has no {cfg.eval.split} rows")
     rows = task.preference_rows() if cfg.sampling.source == "dataset" else task.train_rows()
+    if cfg.eval.split == "validation":  # a tuning run: the validation rows are not trained on
+        held = {r["prompt"] for r in task.validation_rows()}
+        rows = [r for r in rows if r["prompt"] not in held]
     if not rows:
         raise BenchError(f"task '{task.name}' has no train rows")
     pool = rows[: cfg.train.prompt_pool] if cfg.train.prompt_pool else rows

@@ -10,7 +10,7 @@ import pandas as pd
 from bench.core.errors import BenchError
 from bench.core.paths import results_dir
 from bench.tracking import resolve_uri
-from reports import base_vs_final
+from reports import base_vs_final, tuning
 from reports.collect import history_frame, runs_frame
 from reports.comparison import comparison_section
 from reports.html import write_html
@@ -51,6 +51,7 @@ class Collected:
     tasks: list[str]
     out: Path
     unfinished: pd.DataFrame  # KILLED, FAILED and RUNNING runs: counted and listed, not used
+    trials: pd.DataFrame  # tuning runs (bench compare --tune): reported apart, never compared
 
     def task_runs(self, task: str) -> pd.DataFrame:
         return self.runs[self.runs["params.task"] == task]
@@ -61,7 +62,7 @@ class Collected:
 
 
 def collect(experiment: str, uri: str, filter_string: str, out: Path) -> Collected:
-    runs = runs_frame(experiment, uri, filter_string)
+    runs, trials = tuning.split_trials(runs_frame(experiment, uri, filter_string))
     if runs.empty or "params.algorithm" not in runs:
         raise BenchError(f"experiment '{experiment}' has no runs to report")
     unfinished = runs[runs["status"] != "FINISHED"]
@@ -73,7 +74,7 @@ def collect(experiment: str, uri: str, filter_string: str, out: Path) -> Collect
     keys += list(COMPUTE_KEYS.values())
     history = history_frame(list(runs["run_id"]), keys, uri)
     out.mkdir(parents=True, exist_ok=True)
-    return Collected(experiment, uri, runs, history, tasks, out, unfinished)
+    return Collected(experiment, uri, runs, history, tasks, out, unfinished, trials)
 
 
 def machines_line(runs: pd.DataFrame) -> str:
@@ -132,8 +133,10 @@ def build_report(
         c.runs, c.history, c.tasks, c.out, reference=reference, target=target
     )
     plots += compared.plots
-    compared_text = "\n".join([compared.markdown, base_vs_final.section(c.runs, c.uri)])
+    tuned_text, tuned_plots = tuning.section(c.runs, c.trials, c.tasks[0], c.out)
+    compared_text = "\n".join([tuned_text, compared.markdown, base_vs_final.section(c.runs, c.uri)])
     text = markdown(c, summary, plots, stability, compared_text, perf_table(c))
+    plots += tuned_plots  # shown in their own section
     (c.out / "report.md").write_text(text)
     write_html(c.out / "report.md")
     return {
@@ -264,6 +267,7 @@ def markdown(c: Collected, summary, plots, stability, compared: str, perf) -> st
         f"Tracking URI: `{c.uri}`  ",
         f"{runs_line(c)}  ",
         f"Tasks: {', '.join(c.tasks)}  ",
+        f"{tuning.header(c.runs, c.trials)}  ",
         machines_line(c.runs),
         "",
         "## Final eval metrics (mean over seeds, 95% t-interval)",

@@ -13,6 +13,8 @@ from typing import Any, ClassVar
 
 from bench.core.registry import Registry
 
+VALIDATION_MAX = 200  # rows of the default validation slice at most
+
 
 @dataclass(frozen=True)
 class TaskConfig:
@@ -33,6 +35,14 @@ class Task:
 
     def eval_rows(self) -> list[dict]:
         raise NotImplementedError
+
+    def validation_rows(self) -> list[dict]:
+        """Held-out rows for tuning (``eval.split=validation``), never rows of the eval split:
+        by default the last tenth of the train rows (at most 200: for the generated tasks a
+        seeded random subset, as their rows come in the generator's order), which a tuning run
+        then does not train on. [] = none (the task cannot be tuned on)."""
+        rows = self.train_rows()
+        return rows[len(rows) - min(VALIDATION_MAX, len(rows) // 10) :]
 
     def is_correct(self, completion: str, row: dict) -> bool | None:
         """Whether a completion answers the row correctly; None = could not be scored."""

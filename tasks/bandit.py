@@ -106,6 +106,10 @@ class Bandit(Task):
     def train_rows(self) -> list[dict]:
         return self._rows
 
+    def validation_rows(self) -> list[dict]:
+        """None: the eval reads the whole policy table (every prompt), there is nothing to hold out."""
+        return []
+
     def eval_rows(self) -> list[dict]:
         return self._rows
 

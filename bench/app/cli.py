@@ -184,6 +184,22 @@ def compare(
     rerun: Annotated[
         bool, typer.Option("--rerun", help="run again configurations that already finished")
     ] = False,
+    tune: Annotated[
+        bool, typer.Option("--tune", help="tune each algorithm first (equal budgets), then test")
+    ] = False,
+    trials: Annotated[
+        int | None, typer.Option(min=1, help="--tune: trials per algorithm (tune.trials)")
+    ] = None,
+    tune_seeds: Annotated[
+        int | None, typer.Option(min=1, help="--tune: seeds per trial (tune.seeds)")
+    ] = None,
+    space: Annotated[
+        list[str] | None,
+        typer.Option(help="--tune: key=lo..hi[:log] or key=v1,v2 (repeatable; tune.space)"),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="--tune: print the runs it would make, run none")
+    ] = False,
     nproc: Nproc = 1,
     executor: ExecutorName = "local",
     ray_address: RayAddress = None,
@@ -199,6 +215,15 @@ def compare(
         overrides.append(f"compare.algorithms={algorithms}")
     if seeds is not None:
         overrides.append(f"compare.seeds={seeds}")
+    if tune or trials or tune_seeds or space or dry_run:
+        if not tune:
+            raise BenchError("--trials, --tune-seeds, --space and --dry-run go with --tune")
+        from bench.app.tune import compare_tuned
+
+        where = _executor(executor, workers, nproc, ray_address, max_retries, tracking_uri)
+        flags = {"trials": trials, "seeds": tune_seeds, "space": space or [], "dry_run": dry_run}
+        compare_tuned(preset, overrides, flags, workers, nproc, where, tracking_uri)
+        return
     variants = [[]]
     if vary:
         if "=" not in vary:
