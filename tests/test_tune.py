@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bench.app.compare import Outcome
-from bench.app.tune import TUNING_SEED0, Key, parse_key, chosen_configs, tune
+from bench.app.tune import TUNING_SEED0, Key, chosen_configs, parse_key, tune
 from bench.config import load_config
 from bench.core.errors import BenchError
 from bench.loop import train_pool
