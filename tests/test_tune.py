@@ -145,3 +145,16 @@ def test_a_killed_tuning_resumes_to_the_same_choice_without_running_a_trial_twic
     assert _chosen(out2) == _chosen(out) and len(_chosen(out)) == 2
     counts = _finished_per_config(tmp_path / "cut")
     assert len(counts) == 8 and set(counts.values()) == {1}  # 6 trial runs + 2 test runs, once each
+
+
+def test_dry_run_counts_the_runs_and_runs_none(tmp_path):
+    args = ["compare", "smoke", "--tune", "--trials", "3", "--tune-seeds", "2", "--seeds", "4"]
+    done = _bench(tmp_path, *args, "--algorithms", "gvpo,grpo", "--dry-run")
+    out, _ = done.communicate(timeout=300)
+    assert done.returncode == 0, out[-2000:]
+    assert "dry run: 20 runs" in out  # 2 algorithms x (3 trials x 2 seeds + 4 test seeds)
+    assert "no finished run" in out
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    assert not c.search_runs([e.experiment_id for e in c.search_experiments()])

@@ -242,6 +242,14 @@ def compare_tuned(
         highlight=False,
     )
     if flags["dry_run"]:
+        per = seconds_per_run(cfg, tracking_uri)
+        when = (
+            f"about {(n_tune + n_test) * per / workers / 60:.0f} min with {workers} workers "
+            f"(the median finished run of this task and length in this store: {per:.0f} s)"
+            if per
+            else "time unknown: no finished run of this task and length in this store yet"
+        )
+        console.print(f"dry run: {n_tune + n_test} runs, {when}", highlight=False)
         return
     threads = 1 if workers > 1 else 0
     outcomes = []
@@ -259,3 +267,25 @@ def compare_tuned(
     report_and_exit(
         outcomes + tested, cfg.tracking.experiment, tracking_uri, cfg.compare.algorithms[0]
     )
+
+
+def seconds_per_run(cfg: RunConfig, tracking_uri: str | None) -> float:
+    """Median wall-clock of the store's finished runs of this task and step count (0: none)."""
+    import statistics
+
+    from bench.tracking import client, resolve_uri
+
+    c = client(resolve_uri(tracking_uri))
+    ids = [e.experiment_id for e in c.search_experiments()]
+    if not ids:
+        return 0.0
+    where = (
+        f"attributes.status = 'FINISHED' and params.task = '{cfg.task}' "
+        f"and params.`train.steps` = '{cfg.train.steps}'"
+    )
+    walls = [
+        r.data.metrics["perf/wall_s"]
+        for r in c.search_runs(ids, where, max_results=1000)
+        if "perf/wall_s" in r.data.metrics
+    ]
+    return statistics.median(walls) if walls else 0.0
