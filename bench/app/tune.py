@@ -251,6 +251,10 @@ def compare_tuned(
         )
         console.print(f"dry run: {n_tune + n_test} runs, {when}", highlight=False)
         return
+    if nproc > 1:  # every run must be able to take that many processes
+        from bench.app.launch import check_sharding
+
+        check_sharding(cfg, nproc)
     threads = 1 if workers > 1 else 0
     outcomes = []
 
