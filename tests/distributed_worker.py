@@ -53,8 +53,15 @@ def record(name: str, overrides: list[str], out: Path, fail_at: int, nan_at: int
     got = {"tokens": [], "metrics": [], "params": {}, "params_step1": {}}
     rewards_of, log, finish, train_step = loop.rewards_of, loop.log, loop.finish, loop.train_step
 
+    at = {"step": 0}
+
     def recording_rewards(run, rows, gen):
-        got["tokens"].append(gen.completion_ids.clone())
+        """The step's sampled token ids (every draw of it, with dynamic sampling)."""
+        ids = gen.completion_ids.clone()
+        if len(got["tokens"]) < at["step"]:
+            got["tokens"].append(ids)
+        else:
+            got["tokens"][-1] = torch.cat([got["tokens"][-1], ids])
         return rewards_of(run, rows, gen)
 
     def recording_log(run, metrics, step):
@@ -75,6 +82,7 @@ def record(name: str, overrides: list[str], out: Path, fail_at: int, nan_at: int
         finish(run, status)
 
     def failing_step(run, step):
+        at["step"] = step
         if step == fail_at and run.world.rank == 1:
             raise RuntimeError(f"injected fault on rank 1 at step {step}")
         nan = None
