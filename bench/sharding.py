@@ -101,6 +101,8 @@ def shard(model: PolicyForward, sharding: str, bf16: bool, world: World) -> nn.M
 def shard_reference(reference: nn.Module, sharding: str, source: str, world: World) -> nn.Module:
     """The frozen reference, FSDP2-sharded per decoder layer under fsdp unless the run samples
     from it; its parameters keep their dtype (bf16 under bf16-mixed, see ``frozen_reference``)."""
+    if not isinstance(reference, nn.Module):  # LoRA: the policy, adapters off (sharded with it)
+        return reference
     if world.sharded and sharding == "fsdp" and source not in REFERENCE_SOURCES:
         # no backward follows its forwards: the root too is resharded after each (by default
         # FSDP2 keeps the root's parameters, the embeddings, gathered for the backward)
@@ -135,4 +137,5 @@ class SamplingCopy:
     @torch.no_grad()
     def refresh(self, sharded: nn.Module) -> None:
         for name, p in sharded.named_parameters():
-            self.model.get_parameter(name).copy_(full(p))
+            if p.requires_grad:  # frozen ones (a LoRA base) never change
+                self.model.get_parameter(name).copy_(full(p))

@@ -24,6 +24,7 @@ import torch
 from bench.config import RunConfig
 from bench.core.errors import BenchError
 from bench.core.generation import Generation, prompt_tensors, tokenize_completions
+from bench.lora import sampling_model
 from bench.rollout import token_logps
 
 
@@ -94,12 +95,18 @@ class Rollouts:
                 start += n * len(prompts)
         return merged.rows(torch.tensor(order))
 
-    def _sample(self, model, tokenizer, prompts, n) -> Generation:
+    def _sample(self, policy_or_reference, tokenizer, prompts, n) -> Generation:
         s = self.cfg.sampling
-        gen = self.sampler.generate(
-            model, tokenizer, prompts, n, s.max_new_tokens, temperature=s.temperature, top_p=s.top_p
-        )
-        with torch.no_grad():
+        with sampling_model(policy_or_reference) as model, torch.no_grad():
+            gen = self.sampler.generate(
+                model,
+                tokenizer,
+                prompts,
+                n,
+                s.max_new_tokens,
+                temperature=s.temperature,
+                top_p=s.top_p,
+            )
             logp = token_logps(
                 model,
                 gen.input_ids,

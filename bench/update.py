@@ -5,6 +5,7 @@ the learner reads its declared needs (``Algorithm.needs``, ``Algorithm.select``)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -22,6 +23,7 @@ from bench.core.batch import PolicyOutput, RolloutBatch, seq_sum
 from bench.core.errors import RunFailed
 from bench.core.generation import Generation
 from bench.distributed import World, every, full, local, most, my_rows, spread, total
+from bench.lora import AdaptersOff, dropout_on
 from bench.memory import enable_checkpointing
 from bench.precision import compute_precision
 from bench.rollout import model_device, token_logps
@@ -116,6 +118,8 @@ def make_batch(
         if algo.needs.ref_logp:
 
             def reference_rows(rows):
+                if isinstance(reference, AdaptersOff):  # LoRA: the policy with adapters off
+                    return (reference.logps(ids[rows], attn[rows], T, temp, chunk),)
                 return (token_logps(reference, ids[rows], attn[rows], T, temp, chunk=chunk).logp,)
 
             (ref,) = spread(reference_rows, len(ids), mine, world)
@@ -189,8 +193,10 @@ class Learner:
             enable_checkpointing(policy)
         bf16 = cfg.train.precision == "bf16-mixed"
         model = shard(PolicyForward(policy, value_head), cfg.train.sharding, bf16, world)
-        opt, sched = build_optimiser(list(model.parameters()), cfg)
+        opt, sched = build_optimiser([p for p in model.parameters() if p.requires_grad], cfg)
         mb_gen = torch.Generator().manual_seed(cfg.seed)
+        if isinstance(reference, AdaptersOff):
+            reference.bind(model, sampling_copy.model if sampling_copy else policy)
         return cls(
             policy,
             reference,
@@ -241,7 +247,8 @@ class Learner:
         return {key: float(np.mean(v)) for key, v in collected.items()}
 
     def forward(self, mb: RolloutBatch) -> PolicyOutput:
-        with compute_precision(self.cfg, self.reference):
+        drop = dropout_on(self.model) if self.cfg.model.lora.dropout else contextlib.nullcontext()
+        with compute_precision(self.cfg, self.reference), drop:
             temperature, chunk = self.cfg.sampling.temperature, self.cfg.train.logprob_chunk
             return forward(self.model, mb, temperature, chunk)
 

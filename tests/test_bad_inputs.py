@@ -60,6 +60,8 @@ CASES = [
     ("run smoke sampling.mixture=2", 2, "sampling.mixture"),
     ("run smoke sampling.dynamic.max_draws=0", 2, "sampling.dynamic.max_draws"),
     ("run smoke reward.overlong_cache=100", 2, "reward.overlong_cache=100 exceeds"),
+    ("run smoke model.lora.r=4 model.lora.target_modules=q_proj,qkv", 2, "gate_proj, k_proj"),
+    ("run smoke model.lora.dropout=1", 2, "model.lora.dropout"),
     ("compare smoke --algorithms gvpo,grpoo", 2, "did you mean 'grpo'"),
     ("compare smoke --tune --space nokey=1..2", 2, "unknown config key 'nokey'"),
     ("compare smoke --tune --space train.lr=1e-2..1e-4:log", 2, "empty range"),

@@ -15,6 +15,7 @@ from bench.loop import train
 from bench.models import build_tiny_model, build_tokenizer
 from bench.rollout import HFSampler
 from bench.update import Learner
+from tests.helpers import with_lora
 
 pytestmark = pytest.mark.numerics  # rounding-sensitive: also run on a second kernel set
 
@@ -36,15 +37,22 @@ def float64_norms(monkeypatch):
     monkeypatch.setattr(Qwen2RMSNorm, "forward", forward)
 
 
-def learner_and_batch(name: str, overrides=()):
+def learner_and_batch(name: str, overrides=(), lora: bool = False):
     cfg = load_config("smoke", [f"algorithm={name}", "sampling.max_new_tokens=5", *overrides])
     tok = build_tokenizer()
     torch.manual_seed(0)
     policy = build_tiny_model(cfg.model, tok).double().eval()
-    reference = copy.deepcopy(policy)
-    with torch.no_grad():  # a reference that differs from the policy: non-zero log-ratios
-        for p in reference.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    if lora:  # the reference: the same model with its (random, so non-zero) adapters off
+        cfg = load_config(
+            "smoke",
+            [f"algorithm={name}", "sampling.max_new_tokens=5", "model.lora.r=4", *overrides],
+        )
+        policy, reference = with_lora(policy, cfg)
+    else:
+        reference = copy.deepcopy(policy)
+        with torch.no_grad():  # a reference that differs from the policy: non-zero log-ratios
+            for p in reference.parameters():
+                p.add_(0.05 * torch.randn_like(p))
     learner = Learner.build(policy, reference, ALGORITHMS.get(name), cfg)
     if learner.value_head is not None:  # a critic that says something
         torch.nn.init.normal_(learner.value_head.weight, std=0.5)
@@ -83,6 +91,25 @@ def splits(B: int) -> dict[str, list[torch.Tensor]]:
 def test_any_split_accumulates_the_one_pass_gradient(name):
     learner, batch = learner_and_batch(name)
     loss, metrics, expected = gradient(learner, batch)
+    assert any(g.abs().sum() > 0 for g in expected)
+    for label, parts in splits(batch.size).items():
+        got_loss, got_metrics, got = gradient(learner, batch, parts)
+        assert got_loss == pytest.approx(loss, rel=1e-12, abs=1e-12), label
+        assert got_metrics == pytest.approx(metrics, rel=1e-9, abs=1e-12), label
+        for a, b in zip(got, expected, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-9, msg=label)
+
+
+@pytest.mark.parametrize("name", ["gvpo", "grpo", "dpo", "ppo"])
+def test_with_lora_any_split_accumulates_the_one_pass_adapter_gradient(name):
+    learner, batch = learner_and_batch(name, lora=True)
+    loss, metrics, expected = gradient(learner, batch)
+    assert all(
+        ".lora_" in n or "value_head" in n
+        for n, p in learner.model.named_parameters()
+        if p.requires_grad
+    )
+    assert len(expected) == len([p for p in learner.model.parameters() if p.requires_grad])
     assert any(g.abs().sum() > 0 for g in expected)
     for label, parts in splits(batch.size).items():
         got_loss, got_metrics, got = gradient(learner, batch, parts)
