@@ -129,7 +129,10 @@ def _weights_state(learner):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         model, optim = get_state_dict(learner.model, learner.opt, options=_options(learner))
-    return {"model": model, "optim": optim}
+    # a frozen parameter under a second name (tied embeddings: lm_head.weight) passes the option
+    module = getattr(learner.model, "module", learner.model)  # DDP's wrapped module
+    frozen = {n for n, p in module.named_parameters(remove_duplicate=False) if not p.requires_grad}
+    return {"model": {k: v for k, v in model.items() if k not in frozen}, "optim": optim}
 
 
 def run_state(run, step: int) -> dict:

@@ -154,7 +154,7 @@ def set_up(
     policy = master_weights(policy)
     if lora.enabled(cfg.model.lora):  # adapters only train; the base is read again from info
         bf16 = cfg.train.precision == "bf16-mixed"
-        policy = lora.attach(policy, cfg.model.lora, info["cache"], bf16)
+        policy = lora.attach(policy, cfg.model.lora, info["cache"], bf16, cfg.seed)
     task.bind_tokenizer(tokenizer)
     pool = train_pool(cfg, task)  # prompts in the model's format (chat template)
     seed_all(cfg.seed)

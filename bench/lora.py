@@ -51,10 +51,13 @@ def peft_config(settings: LoraSettings, base: str = ""):
     )
 
 
-def attach(model: nn.Module, settings: LoraSettings, base: str, bf16: bool) -> nn.Module:
-    """``model`` with adapters in its linear layers (B = 0: the policy starts as the base model),
-    only they trainable; the base in bf16 under bf16-mixed. ``base``: where the base model is
-    read from again (saved into the adapter's config)."""
+def attach(
+    model: nn.Module, settings: LoraSettings, base: str, bf16: bool, seed: int = 0
+) -> nn.Module:
+    """``model`` with adapters in its linear layers (B = 0: the policy starts as the base model;
+    A drawn from ``seed``, whatever the process did before), only they trainable; the base in
+    bf16 under bf16-mixed. ``base``: where the base model is read from again (saved into the
+    adapter's config)."""
     from peft import inject_adapter_in_model
 
     names = linear_names(model)
@@ -64,7 +67,9 @@ def attach(model: nn.Module, settings: LoraSettings, base: str, bf16: bool) -> n
             f"model.lora.target_modules: {wrong[0] if wrong else ALL_LINEAR + ' with others'!r} "
             f"is not one of this model's linear layers: {', '.join(names)} (or {ALL_LINEAR})"
         )
-    model = inject_adapter_in_model(peft_config(settings, base), model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = inject_adapter_in_model(peft_config(settings, base), model)
     model.bench_lora = settings  # what the saved adapter's config is written from
     model.bench_lora_base = base
     for name, p in model.named_parameters():
@@ -133,7 +138,8 @@ class AdaptersOff:
         self.forward_module, self.sampling_model = forward_module, sampling_model
 
     def parameters(self):
-        return self.sampling_model.parameters()
+        """The policy's, as the training forward holds them (sharded under fsdp)."""
+        return (self.forward_module or self.sampling_model).parameters()
 
     def logps(self, ids, attn, T: int, temperature: float, chunk: int) -> torch.Tensor:
         with adapters_off(self.forward_module) as model:

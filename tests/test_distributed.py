@@ -52,6 +52,8 @@ def _specs(sharding: str) -> list[str]:
     if sharding == "fsdp":
         micro = f"train.micro_batch_tokens=16,{sgd}"
         specs += [f"{a}_micro=algorithm={a},{micro},{extra}{COMMON}" for a in MICRO]
+    # LoRA: only adapters train and shard; the reference is the policy with them off
+    specs.append(f"lora=algorithm=grpo,model.lora.r=4,{extra}{COMMON}")
     if sharding != "ddp":  # half of each group sampled from the reference: kept whole
         specs.append(f"mixture=algorithm=grpo,sampling.source=mixture,{extra}{COMMON}")
     # last (it stays on): at step 2 the last rank writes NaN into its share of a gradient
@@ -139,6 +141,7 @@ def _same(one: dict, two: dict) -> None:
     ("sharding", "name"),
     [(s, a) for s in ("ddp", "fsdp") for a in ALGOS]
     + [("ddp", "minibatches"), ("ddp", "replay"), ("ddp", "dynamic"), ("fsdp", "mixture")]
+    + [("ddp", "lora"), ("fsdp", "lora")]
     + [("ddp", "skip"), ("fsdp", "skip")],
 )
 def test_two_processes_sample_train_and_log_what_one_does(recorded, sharding, name):
@@ -163,6 +166,11 @@ def test_two_processes_sample_train_and_log_what_one_does(recorded, sharding, na
         assert math.isnan(norm)
     if name == "replay":  # replayed rows (with their behaviour log-probs) were trained on
         assert any(m.get("rollout/replay_frac", 0) > 0 for _, m in one["metrics"])
+    if name == "lora":  # the adapters trained (B starts at 0), the base did not move
+        base = {n.replace(".base_layer.", "."): p for n, p in two["params"].items()}
+        assert all(torch.equal(p, base[n]) for n, p in _initial(recorded).items())
+        assert all(p.abs().sum() > 0 for n, p in two["params"].items() if ".lora_B." in n)
+        return
     moved = any(not torch.equal(p, two["params"][n]) for n, p in _initial(recorded).items())
     assert moved  # the weights did train
 

@@ -13,7 +13,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from algorithms import ALGORITHMS
-from bench import lora
+from bench import checkpoint, lora
 from bench.config import load_config
 from bench.evaluate import evaluate_model
 from bench.loop import train
@@ -69,6 +69,19 @@ def test_every_algorithm_steps_and_only_adapters_and_the_value_head_change(name)
     assert any(".lora_A." in n for n in changed) and any(".lora_B." in n for n in changed)
     trained = {id(p) for p in learner.parameters()}
     assert trained == {id(p) for p in learner.model.parameters() if p.requires_grad}
+
+
+def test_a_checkpoint_holds_only_the_adapters_the_value_head_and_their_adamw_state():
+    cfg, policy, tok = tiny("algorithm=ppo", "sampling.max_new_tokens=4")
+    policy, reference = with_lora(policy, cfg)
+    learner = Learner.build(policy, reference, ALGORITHMS.get("ppo"), cfg)
+    gen = HFSampler().generate(policy, tok, PROMPTS, 4, 4)
+    rewards = torch.tensor([0, 1, 2, 0, 1, 0, 0, 3, 1, 1, 0, 2, 0, 0, 1, 3.0])
+    learner.update(learner.make_batch(gen, rewards), Counters())
+    state = checkpoint._weights_state(learner)
+    trained = {n for n, p in learner.model.named_parameters() if p.requires_grad}
+    assert set(state["model"]) == trained and len(trained) == 2 * 7 * 2 + 2
+    assert set(state["optim"]["state"]) == trained
 
 
 def test_the_reference_log_probs_are_the_base_models():

@@ -14,6 +14,7 @@ from bench.memory import peak_allocated
 from bench.models import build_tiny_model, build_tokenizer
 from bench.rollout import HFSampler
 from bench.update import Counters, Learner
+from tests.helpers import with_lora
 
 pytestmark = pytest.mark.numerics
 
@@ -24,6 +25,8 @@ def learner_and_batch(*overrides: str):
     torch.manual_seed(0)
     policy = build_tiny_model(cfg.model, tok).eval()
     reference = build_tiny_model(cfg.model, tok).eval()
+    if cfg.model.lora.r:  # adapters (only they train) and the policy with them off
+        policy, reference = with_lora(policy, cfg)
     learner = Learner.build(policy, reference, ALGORITHMS.get("grpo"), cfg)
     gen = HFSampler().generate(policy, tok, ["1+2=", "3+4="], 4, 4)
     return learner, learner.make_batch(gen, torch.tensor([0, 1, 2, 0, 1, 0, 0, 3.0]))
@@ -54,8 +57,9 @@ def nan_gradient(learner):
     return learner.parameters()[2].register_hook(lambda g: torch.full_like(g, float("nan")))
 
 
-def test_a_non_finite_gradient_skips_the_step_before_the_optimiser_moves():
-    learner, batch = learner_and_batch("train.max_skipped_steps=3")
+@pytest.mark.parametrize("lora", ["model.lora.r=0", "model.lora.r=4"])
+def test_a_non_finite_gradient_skips_the_step_before_the_optimiser_moves(lora):
+    learner, batch = learner_and_batch("train.max_skipped_steps=3", lora)
     counters = Counters()
     learner.update(batch, counters)  # a good step first: optimiser state and a schedule
     before = snapshot(learner)

@@ -34,6 +34,8 @@ CASES = {
     "grpo": ["algorithm=grpo"],  # a reference
     # extra draws move the prompt stream and the generator within a step
     "dapo_dynamic": ["algorithm=dapo", "sampling.dynamic.min_informative_groups=3"],
+    # only the adapters and their AdamW state are checkpointed; the base is read again
+    "grpo_lora": ["algorithm=grpo", "model.lora.r=4"],
 }
 
 
@@ -48,7 +50,9 @@ def _history(results: Path, run) -> dict[str, list[tuple[int, float]]]:
 
 
 def _weights(results: Path, run) -> dict:
-    return load_file(results / "checkpoints" / run.info.run_id / "model.safetensors")
+    folder = results / "checkpoints" / run.info.run_id
+    lora = folder / "adapter_model.safetensors"
+    return load_file(lora if lora.exists() else folder / "model.safetensors")
 
 
 def paused_bench(event: str, *args, results: Path) -> subprocess.Popen:
