@@ -54,6 +54,26 @@ class Shape:
         layer = h * q + 2 * h * kv + bias + q * h + 3 * h * self.intermediate + 2 * h
         return self.vocab * h * (1 if self.tied else 2) + self.layers * layer + h
 
+    def linears(self) -> dict[str, tuple[int, int]]:
+        """(in, out) of each linear layer of a decoder layer, by name."""
+        h, q, kv, i = (
+            self.hidden,
+            self.heads * self.head_dim,
+            self.kv_heads * self.head_dim,
+            self.intermediate,
+        )
+        return {
+            "q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+            "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h),
+        }  # fmt: skip
+
+    def adapter_params(self, r: int, targets: list[str]) -> int:
+        """Parameters of rank-r LoRA adapters (A: r x in, B: out x r) on the targeted linears of
+        every layer (all-linear: all seven; the LM head is never adapted)."""
+        every = "all-linear" in targets
+        chosen = [io for name, io in self.linears().items() if every or name in targets]
+        return self.layers * sum(r * (a + b) for a, b in chosen)
+
     def layer_values_per_token(self) -> int:
         kv = self.kv_heads * self.head_dim
         return 8 * self.hidden + 4 * self.intermediate + 2 * kv + self.heads + 2
@@ -145,6 +165,8 @@ def reference_row(cfg: RunConfig, n: float, per_layer: float, gpus: int, needs_r
 
 def memory_rows(cfg: RunConfig, s: Shape, w: Workload, needs_ref: bool) -> list[tuple[str, float]]:
     """(item, bytes per GPU)."""
+    if cfg.model.lora.r:
+        return lora_memory_rows(cfg, s, w)
     n = s.params
     fsdp = w.gpus > 1 and cfg.train.sharding == "fsdp"
     shard = w.gpus if fsdp else 1
@@ -168,15 +190,58 @@ def memory_rows(cfg: RunConfig, s: Shape, w: Workload, needs_ref: bool) -> list[
             3 * 4 * s.vocab * (chunk or scored),
         ),
     ]
+    return rows + extra_rows(cfg, w, n, 4 * n, 12 * n / shard if adam else 4 * n / shard)
+
+
+def extra_rows(cfg: RunConfig, w: Workload, n: float, policy_bytes: float, undo: float):
+    """The copy to undo a step, the HF sampler's full copy under fsdp, the vLLM engine."""
+    rows = []
+    fsdp = w.gpus > 1 and cfg.train.sharding == "fsdp"
     if cfg.train.undo_nonfinite:  # StepUndo's copy while a step runs
-        rows.append(("copy to undo a non-finite step", (4 + (8 if adam else 0)) * n / shard))
+        rows.append(("copy to undo a non-finite step", undo))
     if fsdp and cfg.sampling.engine == "hf":
-        rows.append(("HF sampler's full policy copy (fp32)", 4 * n))
+        kind = "fp32" if not cfg.model.lora.r else "base and adapters"
+        rows.append((f"HF sampler's full policy copy ({kind})", policy_bytes))
     if cfg.sampling.engine == "vllm":
         rows.append(
             ("vLLM engine share", cfg.sampling.vllm_gpu_memory_utilization * w.gpu_memory_gb * GB)
         )
     return rows
+
+
+def lora_memory_rows(cfg: RunConfig, s: Shape, w: Workload) -> list[tuple[str, float]]:
+    """(item, bytes per GPU) with LoRA adapters: the frozen base in the compute dtype (bf16
+    under bf16-mixed), fp32 adapters with their gradients and AdamW state, no reference copy
+    (the policy with adapters off). Activations are counted as for full fine-tuning: an upper
+    bound (frozen weights save no inputs for their own gradients; each adapter saves r values
+    per token)."""
+    n, lora = s.params, cfg.model.lora
+    a = s.adapter_params(lora.r, lora.target_modules)
+    fsdp = w.gpus > 1 and cfg.train.sharding == "fsdp"
+    shard = w.gpus if fsdp else 1
+    width = 2 if cfg.train.precision == "bf16-mixed" else 4
+    adam = cfg.train.optimizer == "adamw"
+    tokens, scored = micro_batch(cfg, w)
+    ckpt, chunk = cfg.model.gradient_checkpointing, cfg.train.logprob_chunk
+    per_layer = n / s.layers
+    rows = [
+        (f"frozen base weights ({'bf16' if width == 2 else 'fp32'})", width * n / shard),
+        ("gathered layers (fsdp)", width * 2 * per_layer if shard > 1 else 0),
+        (f"LoRA adapters, r={lora.r} ({a / 1e6:.1f}M parameters, fp32)", 4 * a / shard),
+        ("adapter gradients (fp32)", 4 * a / shard),
+        ("optimiser states (AdamW, fp32, adapters)", 8 * a / shard if adam else 0),
+        ("reference model (the policy with adapters off)", 0.0),
+        (
+            f"activations ({tokens} tokens{', checkpointed' if ckpt else ''})",
+            activation_bytes(s, tokens, scored, ckpt, chunk),
+        ),
+        (
+            f"logits ({f'chunks of {chunk}' if chunk else 'all scored tokens'}, fp32)",
+            3 * 4 * s.vocab * (chunk or scored),
+        ),
+    ]
+    undo = (12 if adam else 4) * a / shard
+    return rows + extra_rows(cfg, w, n, width * n + 4 * a, undo)
 
 
 FIXES = [  # the single changes tried, in order, when a plan does not fit
@@ -188,7 +253,8 @@ FIXES = [  # the single changes tried, in order, when a plan does not fit
 
 
 def step_flops(cfg: RunConfig, s: Shape, w: Workload, needs_ref: bool) -> dict[str, float]:
-    """FLOPs of one training step (all GPUs): 2N per token forward, 4N backward."""
+    """FLOPs of one training step (all GPUs): 2N per token forward, 4N backward (2N with LoRA:
+    frozen weights take no weight gradient; the adapters' own FLOPs are left out)."""
     n = s.params - s.vocab * s.hidden  # the embedding lookup costs no matmul
     rows = cfg.train.prompts_per_step * cfg.sampling.k
     gen, row = rows * cfg.sampling.max_new_tokens, w.prompt_tokens + cfg.sampling.max_new_tokens
@@ -201,7 +267,7 @@ def step_flops(cfg: RunConfig, s: Shape, w: Workload, needs_ref: bool) -> dict[s
     return {
         "sampling": 2 * n * (gen + prefill),
         "reference": 2 * n * rows * row if needs_ref else 0.0,
-        "training": 3 * train_fwd + extra,
+        "training": (2 if cfg.model.lora.r else 3) * train_fwd + extra,
     }
 
 

@@ -176,3 +176,50 @@ def test_gpus_divide_what_the_sharding_shards():
     assert "copy to undo a non-finite step" not in plain  # off by default: no copy, no row
     with pytest.raises(BenchError, match="train.sharding=fsdp"):
         make_plan(load_config("paper_math_7b", ["train.sharding=none"]), Workload(gpus=8, **w))
+
+
+@pytest.mark.parametrize("targets", [["all-linear"], ["q_proj", "v_proj"], ["down_proj"]])
+@pytest.mark.parametrize("family", ["qwen2", "llama"])
+def test_the_adapter_count_is_what_peft_attaches(family, targets):
+    from bench import lora
+    from bench.config import LoraSettings
+    from bench.plan import _from_config
+
+    config, model = build(family, 64, 172, 3, 4, 2, 900)
+    settings = LoraSettings(r=8, target_modules=targets)
+    lora.attach(model, settings, "", bf16=False)
+    attached = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert _from_config(config.to_dict()).adapter_params(8, targets) == attached
+
+
+@pytest.mark.parametrize("shape", SHAPES[:2] + SHAPES[3:4])
+@pytest.mark.parametrize("ckpt", [False, True])
+def test_with_lora_the_saved_bytes_stay_within_the_plans_activations(shape, ckpt):
+    """LoRA's activations are counted as full fine-tuning's: an upper bound, measured 83-93% of
+    it at r = 16 (frozen weights save no inputs of their own; each adapter saves r per token)."""
+    from bench import lora
+    from bench.config import LoraSettings
+    from bench.plan import _from_config
+
+    family, h, i, layers, heads, kv, vocab, rows, prompt, completion = shape
+    config, model = build(family, h, i, layers, heads, kv, vocab)
+    lora.attach(model, LoraSettings(r=16), "", bf16=False)
+    got = measured(model, rows, prompt, completion, ckpt, 0)
+    s = _from_config(config.to_dict())
+    plan = activation_bytes(s, rows * (prompt + completion), rows * completion, ckpt, 0)
+    assert 0.75 * plan <= got <= plan, (got, plan)
+
+
+def test_lora_fits_the_7b_preset_on_one_gpu_and_counts_no_reference():
+    w = dict(prompt_tokens=256, gpu_memory_gb=80.0, utilization=0.4, gpu_tflops=989.0)
+    cfg = load_config("paper_math_7b", ["model.lora.r=64"])
+    one = make_plan(cfg, Workload(gpus=1, **w))
+    assert one.fits and not make_plan(load_config("paper_math_7b"), Workload(gpus=1, **w)).fits
+    rows = dict(one.memory)
+    n, a = BUILT_IN["Qwen/Qwen2.5-Math-7B"].params, 161_480_704  # 28 x 64 x (7 linears' in + out)
+    assert rows["frozen base weights (bf16)"] == 2 * n
+    assert rows[f"LoRA adapters, r=64 ({a / 1e6:.1f}M parameters, fp32)"] == 4 * a
+    assert rows["optimiser states (AdamW, fp32, adapters)"] == 8 * a
+    assert rows["reference model (the policy with adapters off)"] == 0
+    eight = dict(make_plan(cfg, Workload(gpus=8, **w)).memory)
+    assert eight["frozen base weights (bf16)"] == 2 * n / 8
