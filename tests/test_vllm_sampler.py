@@ -2,6 +2,7 @@
 against a recording stand-in for the vllm package; plus, where vLLM is installed (its own
 environment here: see README), the real engine against HF generate."""
 
+import contextlib
 import os
 import sys
 import types
@@ -10,11 +11,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from bench.config import ModelConfig, SamplingConfig
+from bench import lora
+from bench.config import ModelConfig, SamplingConfig, load_config
 from bench.core.errors import BenchError
 from bench.models import build_tiny_model, build_tokenizer
 from bench.rollout import HFSampler
 from bench.vllm_sampler import VLLMSampler, make_sampler, vllm_available
+from tests.helpers import with_lora
 
 SMALL = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
 
@@ -168,6 +171,36 @@ def test_real_vllm_follows_the_policy_weights(monkeypatch):
     twice = vllm_sampler.generate(model, tok, ["12+34=", "12+34="], 32, 8)
     assert twice.texts[:32] != twice.texts[32:]
     assert len(set(twice.texts[:32])) > 8
+    # LoRA: the engine gets the merged weights; with the adapters off (the reference), the base
+    cfg = load_config("smoke", ["model.lora.r=8"])
+    model, _ = with_lora(model, cfg, seed=1)
+    for adapters in (True, False):
+        with contextlib.nullcontext() if adapters else lora.adapters_off(model):
+            ours = vllm_sampler.generate(model, tok, prompts, 2, 8, greedy=True)
+            ref = HFSampler().generate(model, tok, prompts, 2, 8, greedy=True)
+        assert ours.texts == ref.texts, adapters
+    assert vllm_sampler.weight_pushes == 4
+
+
+def test_a_lora_policy_is_pushed_merged_under_the_base_names(fake_vllm):
+    tok = build_tokenizer()
+    model = build_tiny_model(SMALL, tok).eval()
+    names = {n for n, _ in model.named_parameters()}
+    model, _ = with_lora(model, load_config("smoke", ["model.lora.r=4"]))
+    fake_vllm["script"] = {tuple(tok("1", add_special_tokens=False)["input_ids"]): [([5], "stop")]}
+    sampler = VLLMSampler()
+    sampler.generate(model, tok, ["1"], 1, 1)
+    pushed = fake_vllm["llm"].loaded[-1]
+    assert set(pushed) == names  # no adapter or base_layer names reach the engine
+    layer = model.model.layers[0].self_attn.q_proj
+    a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+    want = layer.base_layer.weight + b @ a * layer.scaling["default"]
+    torch.testing.assert_close(pushed["model.layers.0.self_attn.q_proj.weight"], want)
+    with lora.adapters_off(model):  # the same model object sampling as the reference: the base
+        sampler.generate(model, tok, ["1"], 1, 1)
+    assert sampler.weight_pushes == 2
+    assert torch.equal(fake_vllm["llm"].loaded[-1]["model.layers.0.self_attn.q_proj.weight"],
+                       layer.base_layer.weight)  # fmt: skip
 
 
 def test_unknown_engine_is_a_one_line_error():
