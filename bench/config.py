@@ -216,12 +216,14 @@ class RunConfig:
     @property
     def label(self) -> str:
         """The algorithm, plus its rollout setting when off the default: dpo[dataset],
-        gvpo[replay=0.5], dapo[dynamic=32]."""
+        gvpo[replay=0.5], dapo[dynamic=32], grpo[lora=16]."""
         parts = [] if self.sampling.source == "policy" else [self.sampling.source]
         if self.sampling.replay_ratio:
             parts.append(f"replay={self.sampling.replay_ratio:g}")
         if self.sampling.dynamic.min_informative_groups:
             parts.append(f"dynamic={self.sampling.dynamic.min_informative_groups}")
+        if self.model.lora.r:
+            parts.append(f"lora={self.model.lora.r}")
         return self.algorithm + (f"[{','.join(parts)}]" if parts else "")
 
     @property

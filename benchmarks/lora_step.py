@@ -7,7 +7,8 @@ step and what each holds in memory.
 Two learners on the same base model (full: every weight and a frozen copy as the reference;
 LoRA: rank-r adapters on every linear layer, the reference = the same model with adapters off)
 take turns on the same prompts; each part's median over ``--steps`` steps after one warm-up step
-each (bench/lora.py; the step parts as benchmarks/step_breakdown.py splits them). Memory is
+each (bench/lora.py; the step parts as benchmarks/step_breakdown.py splits them); then a plain
+forward + backward + AdamW step on 16 random sequences of 96 tokens. Memory is
 counted from the tensors themselves: trained parameters, their gradients, AdamW's state and
 the reference's weights.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+import time
 
 import torch
 
@@ -55,6 +57,24 @@ def held(learner: Learner) -> dict[str, float]:
         "AdamW state MB": state / MB,
         "reference MB": ref_bytes / MB,
     }
+
+
+def plain_step_seconds(learner: Learner, rows: int, length: int, repeats: int) -> float:
+    """Median seconds of one forward, backward and AdamW step of the policy on ``rows`` random
+    sequences of ``length`` tokens (mean log-prob as the loss): the step without RL around it."""
+    policy = learner.policy
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, policy.config.vocab_size, (rows, length), generator=g)
+    times = []
+    for _ in range(repeats + 1):
+        t = time.perf_counter()
+        logits = policy(input_ids=ids).logits.float()
+        loss = -logits.log_softmax(-1)[:, :-1].gather(-1, ids[:, 1:, None]).mean()
+        loss.backward()
+        learner.opt.step()
+        learner.opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times[1:])
 
 
 def main() -> None:
@@ -107,6 +127,9 @@ def main() -> None:
         print(f"| {part} s | {a:.2f} | {b:.2f} | {a / b:.2f}x |")
     a, b = (sum(medians[x].values()) for x in names)
     print(f"| step s | {a:.2f} | {b:.2f} | {a / b:.2f}x |")
+    plain = {x: plain_step_seconds(learners[x], 16, 96, args.steps) for x in names}
+    a, b = (plain[x] for x in names)
+    print(f"| forward + backward + AdamW, 16 x 96 tokens s | {a:.2f} | {b:.2f} | {a / b:.2f}x |")
     memory = {name: held(learner) for name, learner in learners.items()}
     for key in memory[names[0]]:
         a, b = (memory[x][key] for x in names)

@@ -5,6 +5,7 @@ request, and every algorithm stepping through the one loop with them."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -169,3 +170,24 @@ def test_a_lora_run_saves_its_adapter_and_bench_eval_reads_the_run_and_the_merge
         )
         accuracy.append(json.loads(out["json"].read_text())["metrics"])
     assert accuracy[0]["eval/arithmetic/accuracy"] == accuracy[1]["eval/arithmetic/accuracy"]
+
+
+def test_sampling_from_the_reference_samples_the_base_model(tracking_uri):
+    """sampling.source=mixture with LoRA: the reference's half of each group comes from the
+    policy with its adapters off, and its behaviour log-probs are the base model's."""
+    cfg, policy, tok = tiny("algorithm=grpo", "sampling.max_new_tokens=4")
+    policy, reference = with_lora(policy, cfg)
+    base = build_tiny_model(cfg.model, tok).eval()  # the same seed: the base weights
+    with lora.sampling_model(reference) as model:
+        assert model is policy and not lora.adapters_on(policy)
+        torch.manual_seed(3)
+        got = HFSampler().generate(model, tok, PROMPTS, 2, 4)
+    assert lora.adapters_on(policy)
+    torch.manual_seed(3)
+    want = HFSampler().generate(base, tok, PROMPTS, 2, 4)
+    assert got.texts == want.texts
+    done = train(
+        load_config("smoke", ["model.lora.r=4", "sampling.source=mixture", "train.steps=2"]),
+        tracking_uri=tracking_uri,
+    )
+    assert done["perf/skipped_steps"] == 0 and math.isfinite(done["train/loss"])

@@ -113,10 +113,9 @@ def test_pad_is_eos_yet_prompts_keep_their_own_eos_tokens(policy):
         assert "<|im_end|>" not in gen.texts[i]
 
 
-@pytest.mark.parametrize("name", ALGORITHMS.names())
-def test_one_rl_step_of_each_algorithm_on_the_real_model(folder, tmp_path, name, monkeypatch):
-    """Each algorithm's loss, gradient and update through the real model. Rewards alternate
-    1, 0 within each group, so every algorithm has something to learn from (DPO a pair)."""
+def test_a_run_on_the_real_model_trains_evaluates_and_logs(folder, tmp_path, monkeypatch):
+    """The loop end to end on the real model (sampling, rewards, update, eval, MLflow); rewards
+    alternate 1, 0 within each group so the step has something to learn from."""
     monkeypatch.setattr(
         Arithmetic,
         "reward",
@@ -125,7 +124,6 @@ def test_one_rl_step_of_each_algorithm_on_the_real_model(folder, tmp_path, name,
     cfg = load_config(
         "smollm2_arithmetic",
         [
-            f"algorithm={name}",
             "train.steps=1",
             "train.prompts_per_step=2",
             "sampling.k=2",
@@ -140,34 +138,45 @@ def test_one_rl_step_of_each_algorithm_on_the_real_model(folder, tmp_path, name,
     assert 0 <= final["eval/arithmetic/accuracy"] <= 1
 
 
-def test_one_lora_step_of_each_algorithm_on_the_real_model(policy):
-    """LoRA (r = 8, every linear layer) through the real model, one learner per algorithm on
-    the same rollouts (rewards 1, 0 in each group): a finite, non-zero adapter gradient, the
-    adapters moved and not one base weight."""
+@pytest.fixture(scope="module")
+def rollouts(policy):
+    """Completions of two problems, k = 2, with rewards 1, 0 in each group (DPO gets a pair)."""
+    model, tok, task, _ = policy
+    prompts = [r["prompt"] for r in task.train_rows()[:2]]
+    torch.manual_seed(0)
+    gen = HFSampler().generate(model, tok, prompts, 2, 8, temperature=0.7)
+    return gen, torch.tensor([1.0, 0.0, 1.0, 0.0])
+
+
+@pytest.mark.parametrize("lora_r", [0, 8], ids=["full", "lora"])
+@pytest.mark.parametrize("name", ALGORITHMS.names())
+def test_one_rl_step_of_each_algorithm_on_the_real_model(policy, rollouts, name, lora_r):
+    """Each algorithm's loss, gradient and update through the real model, fully fine-tuned and
+    with LoRA (r = 8 on every linear layer: the adapters move, not one base weight)."""
     import copy
 
     from bench import lora
     from bench.precision import frozen_reference
     from bench.update import Counters, Learner
 
-    model, tok, task, _ = policy
-    prompts = [r["prompt"] for r in task.train_rows()[:2]]
-    gen = HFSampler().generate(model, tok, prompts, 2, 8, temperature=0.7)
-    rewards = torch.tensor([1.0, 0.0, 1.0, 0.0])
-    for name in ALGORITHMS.names():
-        cfg = load_config(
-            "smollm2_arithmetic",
-            [f"algorithm={name}", "model.lora.r=8", "train.lr=1e-4", "sampling.k=2"]
-            + ["sampling.max_new_tokens=8"],
-        )
-        adapted = lora.attach(copy.deepcopy(model), cfg.model.lora, "", bf16=False, seed=0)
-        base = {n: p.clone() for n, p in adapted.named_parameters() if not p.requires_grad}
-        learner = Learner.build(adapted, frozen_reference(adapted, cfg), ALGORITHMS.get(name), cfg)
-        metrics = learner.update(learner.make_batch(gen, rewards), Counters())
-        assert math.isfinite(metrics["train/grad_norm"]) and metrics["train/grad_norm"] > 0, name
-        assert all(torch.equal(p, base[n]) for n, p in adapted.named_parameters() if n in base)
-        moved = [p.abs().sum() > 0 for n, p in adapted.named_parameters() if ".lora_B." in n]
-        assert len(moved) == 30 * 7 and all(moved), name  # 30 layers x 7 linears
+    model, _, _, _ = policy
+    lr = "train.lr=1e-4" if lora_r else "train.lr=1e-5"
+    overrides = [f"algorithm={name}", f"model.lora.r={lora_r}", lr, "sampling.k=2"]
+    cfg = load_config("smollm2_arithmetic", [*overrides, "sampling.max_new_tokens=8"])
+    trained = copy.deepcopy(model)
+    if lora_r:
+        trained = lora.attach(trained, cfg.model.lora, "", bf16=False, seed=0)
+    before = {n: p.clone() for n, p in trained.named_parameters()}
+    learner = Learner.build(trained, frozen_reference(trained, cfg), ALGORITHMS.get(name), cfg)
+    metrics = learner.update(learner.make_batch(*rollouts), Counters())
+    assert math.isfinite(metrics["train/grad_norm"]) and metrics["train/grad_norm"] > 0
+    moved = {n for n, p in trained.named_parameters() if not torch.equal(p, before[n])}
+    if lora_r:
+        # B starts at 0 (so A's first gradient is 0): every B moved, nothing outside adapters
+        assert {n for n in before if ".lora_B." in n} <= moved
+        assert all(".lora_" in n for n in moved) and len(moved) >= 30 * 7  # 30 layers x 7
+    else:
+        assert len(moved) > 0.9 * len(before)
 
 
 def test_missing_package_is_one_line_naming_the_command(monkeypatch):
