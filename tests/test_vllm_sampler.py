@@ -179,7 +179,7 @@ def test_real_vllm_follows_the_policy_weights(monkeypatch):
             ours = vllm_sampler.generate(model, tok, prompts, 2, 8, greedy=True)
             ref = HFSampler().generate(model, tok, prompts, 2, 8, greedy=True)
         assert ours.texts == ref.texts, adapters
-    assert vllm_sampler.weight_pushes == 4
+    assert vllm_sampler.weight_pushes == 5  # + the draws above, LoRA on, LoRA off
 
 
 def test_a_lora_policy_is_pushed_merged_under_the_base_names(fake_vllm):
