@@ -95,15 +95,17 @@ def _tuner_layers(model: nn.Module) -> list:
 
 @contextlib.contextmanager
 def adapters_off(model: nn.Module):
-    """Inside: ``model`` (or any module holding it: DDP, FSDP2, a copy) computes the base model."""
+    """Inside: ``model`` (or any module holding it: DDP, FSDP2, a copy) computes the base model.
+    The layers' flag alone is set: PEFT's ``enable_adapters(False)`` also clears the adapters'
+    ``requires_grad``, which FSDP2 reads when it first runs (it then never reduces them)."""
     layers = _tuner_layers(model)
     for layer in layers:
-        layer.enable_adapters(False)
+        layer._disable_adapters = True
     try:
         yield model
     finally:
         for layer in layers:
-            layer.enable_adapters(True)
+            layer._disable_adapters = False
 
 
 def adapters_on(model: nn.Module) -> bool:

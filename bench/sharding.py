@@ -111,11 +111,19 @@ def shard_reference(reference: nn.Module, sharding: str, source: str, world: Wor
 
 
 def _fully_shard(model: nn.Module, mp_policy, reshard_root: bool | None = None) -> None:
-    """FSDP2 ``fully_shard`` on each decoder layer, then on the root."""
+    """FSDP2 ``fully_shard`` on each decoder layer, then on the root. With frozen parameters
+    (LoRA) each leaf module that trains (an adapter's A or B, the value head) is its own unit
+    first, as PEFT's FSDP wrap policy does: a unit then holds one dtype (a bf16 frozen base
+    and fp32 adapters cannot share one reduce-scatter) and only trained units reduce."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     from transformers.modeling_layers import GradientCheckpointingLayer
 
     mp_policy = mp_policy or MixedPrecisionPolicy()
+    if any(not p.requires_grad for p in model.parameters()):
+        for leaf in [m for m in model.modules() if not list(m.children())]:
+            params = list(leaf.parameters(recurse=False))
+            if params and all(p.requires_grad for p in params):
+                fully_shard(leaf, mp_policy=mp_policy)
     for layer in [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]:
         fully_shard(layer, mp_policy=mp_policy)
     fully_shard(model, mp_policy=mp_policy, reshard_after_forward=reshard_root)

@@ -181,7 +181,7 @@ class Learner:
         after the sampling copy is taken: the copy decodes with its KV cache)."""
         value_head = None
         if algo.needs.values:  # a linear value head on the policy's last hidden state
-            dtype = next(policy.parameters()).dtype
+            dtype = next(p for p in policy.parameters() if p.requires_grad).dtype  # master
             value_head = torch.nn.Linear(policy.config.hidden_size, 1)
             value_head = value_head.to(model_device(policy), dtype=dtype)
             torch.nn.init.zeros_(value_head.weight)

@@ -50,6 +50,10 @@ def _specs(sharding: str) -> list[str]:
     if sharding == "none":
         specs += [f"{a}_sgd=algorithm={a},{sgd},{COMMON}" for a in MICRO]
     if sharding == "fsdp":
+        # a bf16 frozen base and fp32 adapters: each adapter its own FSDP2 unit (one dtype each)
+        specs.append(
+            f"lora_bf16=algorithm=ppo,model.lora.r=4,train.precision=bf16-mixed,{extra}{COMMON}"
+        )
         micro = f"train.micro_batch_tokens=16,{sgd}"
         specs += [f"{a}_micro=algorithm={a},{micro},{extra}{COMMON}" for a in MICRO]
     # LoRA: only adapters train and shard; the reference is the policy with them off
@@ -173,6 +177,21 @@ def test_two_processes_sample_train_and_log_what_one_does(recorded, sharding, na
         return
     moved = any(not torch.equal(p, two["params"][n]) for n, p in _initial(recorded).items())
     assert moved  # the weights did train
+
+
+@pytest.mark.slow
+def test_lora_with_a_bf16_base_trains_on_two_fsdp_processes(recorded):
+    """What bf16 guarantees: not the one-process numbers (bf16 gathers round otherwise), but a
+    run that trains the fp32 adapters and value head and leaves the bf16 base as it was."""
+    two = torch.load(recorded["fsdp"] / "lora_bf16.pt")
+    steps = [m for _, m in two["metrics"] if "train/loss" in m]
+    assert len(steps) == 3 and all(math.isfinite(m["train/loss"]) for m in steps)
+    base = {n.replace(".base_layer.", "."): p for n, p in two["params"].items()}
+    for name, p in _initial(recorded).items():
+        assert base[name].dtype == torch.bfloat16 and torch.equal(base[name], p.bfloat16()), name
+    adapters = {n: p for n, p in two["params"].items() if ".lora_" in n or "value_head" in n}
+    assert adapters and all(p.dtype == torch.float32 for p in adapters.values())
+    assert all(p.abs().sum() > 0 for n, p in adapters.items() if ".lora_B." in n)
 
 
 def _initial(recorded) -> dict:
