@@ -63,9 +63,10 @@ def ours(model, tok, prompts, args) -> tuple[float, int]:
     return time.perf_counter() - start, int(g.completion_mask.sum())
 
 
-def main() -> None:
+def sampling_parser(doc: str) -> argparse.ArgumentParser:
+    """The options of a sampling benchmark: model, prompts, k, budget, temperature, rounds."""
     p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--prompts", type=int, default=8)
@@ -73,11 +74,21 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--repeats", type=int, default=3)
-    args = p.parse_args()
-    cfg = load_config("smollm2_arithmetic", [f"model.name_or_path={args.model}"])
+    return p
+
+
+def chat_model(name: str):
+    """(model, tokenizer, task) of the smollm2_arithmetic preset with model ``name``."""
+    cfg = load_config("smollm2_arithmetic", [f"model.name_or_path={name}"])
     task = TASKS.get(cfg.task)(cfg.task_config())
     model, tok, _ = load_policy(cfg.model, task)
     task.bind_tokenizer(tok)
+    return model, tok, task
+
+
+def main() -> None:
+    args = sampling_parser(__doc__).parse_args()
+    model, tok, task = chat_model(args.model)
     model.generation_config.top_k = None  # sample the plain softmax on both sides
     print(
         f"model={args.model} threads={torch.get_num_threads()} prompts={args.prompts} k={args.k} "

@@ -18,7 +18,6 @@ sampling time, as the loop does.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import gc
 import os
@@ -35,13 +34,12 @@ import torch  # noqa: E402
 
 from algorithms import ALGORITHMS  # noqa: E402
 from bench.config import load_config  # noqa: E402
-from bench.models import load_policy  # noqa: E402
 from bench.precision import frozen_reference  # noqa: E402
 from bench.rollout import HFSampler  # noqa: E402
 from bench.update import Learner  # noqa: E402
 from bench.vllm_sampler import VLLMSampler  # noqa: E402
+from benchmarks.sampling import chat_model, sampling_parser  # noqa: E402
 from benchmarks.step_breakdown import one_step  # noqa: E402
-from tasks import TASKS  # noqa: E402
 
 
 def throughput(samplers: dict, model, tok, task, args) -> dict[str, list[float]]:
@@ -84,21 +82,10 @@ def step_times(base, tok, task, vllm: VLLMSampler, args) -> dict[str, float]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--model", default="smollm2-135m-instruct")
-    p.add_argument("--prompts", type=int, default=8)
-    p.add_argument("--k", type=int, default=4)
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--repeats", type=int, default=3)
+    p = sampling_parser(__doc__)
     p.add_argument("--steps", type=int, default=3)
     args = p.parse_args()
-    cfg = load_config("smollm2_arithmetic", [f"model.name_or_path={args.model}"])
-    task = TASKS.get(cfg.task)(cfg.task_config())
-    model, tok, _ = load_policy(cfg.model, task)
-    task.bind_tokenizer(tok)
+    model, tok, task = chat_model(args.model)
     print(
         f"model={args.model} threads={torch.get_num_threads()} prompts={args.prompts} k={args.k} "
         f"max_new_tokens={args.max_new_tokens} temperature={args.temperature}"
