@@ -178,15 +178,13 @@ def export_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
             layer = layers[owner.removesuffix(".base_layer")]
             weight = full(p).detach().float()
             if merge:
-                a, b = (full(m["default"].weight).detach().float() for m in _ab(layer))
+                a, b = (
+                    full(m["default"].weight).detach().float() for m in (layer.lora_A, layer.lora_B)
+                )
                 weight = weight + (b @ a) * layer.scaling["default"]
             yield owner.removesuffix(".base_layer") + ".weight", weight
         else:
             yield name.replace(".base_layer.", "."), full(p).detach()
-
-
-def _ab(layer) -> tuple:
-    return layer.lora_A, layer.lora_B
 
 
 def save_adapter(model: nn.Module, folder: Path) -> None:
